@@ -1,0 +1,75 @@
+"""Composition root: the only place that builds pools, adapters and the service and wires them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+import redis.asyncio as aioredis
+
+from service.clock import SystemClock, UuidV7Source
+from service.config import Settings
+from service.cursor import CursorCodec
+from service.http.core import RestApi
+from service.http.openapi import openapi_bytes
+from service.orders import OrderService
+from service.store.database import Database
+from service.store.postgres import PostgresOrderStore
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Resources:
+    """What one process owns and must close: its database pool and Redis client."""
+
+    def __init__(self, settings: Settings, *, role: str) -> None:
+        self.settings = settings
+        self.db = Database(
+            settings.database_url or DEFAULT_DATABASE_URL,
+            pool_size=settings.db_pool_size,
+            acquire_timeout=settings.db_acquire_timeout,
+            application_name=f"orders-service-{role}",
+        )
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url or DEFAULT_REDIS_URL,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
+        )
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        self.db.close()
+
+
+def build_service(settings: Settings, db: Database) -> OrderService:
+    return OrderService(
+        PostgresOrderStore(db),
+        SystemClock(),
+        UuidV7Source(),
+        CursorCodec(settings.cursor_secret.encode()),
+        idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+    )
+
+
+def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
+    db = resources.db
+    redis_client = resources.redis
+
+    async def check_postgres() -> None:
+        await db.ping()
+
+    async def check_redis() -> None:
+        await redis_client.ping()
+
+    async def pool_figures() -> bytes:
+        return msgspec.json.encode(db.stats())
+
+    return RestApi(
+        build_service(settings, db),
+        readiness_checks={"postgres": check_postgres, "redis": check_redis},
+        json_endpoints={"/metrics/db": pool_figures},
+        openapi_document=openapi_bytes(),
+        max_body_bytes=settings.max_body_bytes,
+    )

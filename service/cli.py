@@ -1,0 +1,143 @@
+"""`orders-service serve|migrate|role` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from service.config import ConfigError, Settings, load_settings, redact_url
+
+log = logging.getLogger("orders.cli")
+
+
+def _settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(None, **overrides)
+    except ConfigError as exc:
+        print(f"orders-service: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _resolve_dependencies(settings: Settings) -> tuple[Settings, object | None]:
+    """Fill DATABASE_URL/REDIS_URL from local servers or embedded ones when unset."""
+    if settings.database_url and settings.redis_url:
+        return settings, None
+    from service.devservers import resolve_services
+
+    services = resolve_services(Path(settings.data_dir), database_name="orders")
+    if services.embedded:
+        log.info("embedded servers started", extra={"embedded": services.embedded})
+    import msgspec
+
+    resolved = msgspec.structs.replace(
+        settings,
+        database_url=settings.database_url or services.database_url,
+        redis_url=settings.redis_url or services.redis_url,
+    )
+    return resolved, services
+
+
+def _migrate(settings: Settings) -> None:
+    from service.app import DEFAULT_DATABASE_URL
+    from service.store.migrator import migrate
+
+    applied = asyncio.run(migrate(settings.database_url or DEFAULT_DATABASE_URL))
+    log.info("migrations up to date", extra={"applied": applied})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.observability.logging import configure_logging
+    from service.supervisor import Supervisor
+
+    overrides: dict[str, object] = {}
+    if args.roles:
+        from service.config import _roles
+
+        try:
+            overrides["roles"] = _roles("--roles", args.roles)
+        except ConfigError as exc:
+            print(f"orders-service: {exc}", file=sys.stderr)
+            return 2
+    settings = _settings_or_exit(**overrides)
+    configure_logging(settings.log_level, role="supervisor")
+    settings, services = _resolve_dependencies(settings)
+    log.info(
+        "starting",
+        extra={
+            "roles": list(settings.roles),
+            "database_url": redact_url(settings.database_url),
+            "redis_url": redact_url(settings.redis_url),
+            "http_port": settings.port,
+        },
+    )
+    try:
+        if settings.migrate_on_start:
+            _migrate(settings)
+        env = dict(os.environ)
+        env["DATABASE_URL"] = settings.database_url or ""
+        env["REDIS_URL"] = settings.redis_url or ""
+        env["ROLES"] = ",".join(settings.roles)
+        counts = {
+            "http": 1,
+            "grpc": settings.grpc_workers,
+            "worker": settings.worker_processes,
+        }
+        from service.roles import ROLE_RUNNERS
+
+        role_counts = {role: counts[role] for role in settings.roles if role in ROLE_RUNNERS}
+        return Supervisor(role_counts, env, settings.shutdown_timeout).run()
+    finally:
+        if services is not None:
+            services.stop()  # type: ignore[attr-defined]
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from service.observability.logging import configure_logging
+
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level, role="migrate")
+    settings, services = _resolve_dependencies(settings)
+    try:
+        _migrate(settings)
+    finally:
+        if services is not None:
+            services.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    from service.observability.logging import configure_logging
+    from service.roles import ROLE_RUNNERS
+
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level, role=args.role)
+    ROLE_RUNNERS[args.role](settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orders-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the service (supervisor + role processes)")
+    serve.add_argument("--roles", help="comma-separated subset of http,grpc,worker (default: ROLES or all)")
+    serve.set_defaults(func=cmd_serve)
+    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate.set_defaults(func=cmd_migrate)
+    role = commands.add_parser("role", help="internal: run one role process (started by serve)")
+    role.add_argument("role", choices=["http", "grpc", "worker"])
+    role.set_defaults(func=cmd_role)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

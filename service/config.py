@@ -1,0 +1,164 @@
+"""Settings from the environment, validated once, with a one-line error naming the variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ROLES = ("http", "grpc", "worker")
+
+
+class ConfigError(Exception):
+    """A bad environment variable; the message names it and says what is expected."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    port: int = 8080
+    grpc_port: int = 9090
+    pprof_port: int = 6060
+    bind: str = "0.0.0.0"  # noqa: S104 - a service container must listen beyond loopback
+    admin_bind: str = "127.0.0.1"
+    database_url: str | None = None  # None: local default or an embedded server
+    redis_url: str | None = None
+    http_workers: int = 1
+    grpc_workers: int = 1
+    worker_processes: int = 1
+    db_pool_size: int = 10
+    db_acquire_timeout: float = 2.0
+    log_level: str = "INFO"
+    shutdown_timeout: float = 25.0
+    migrate_on_start: bool = True
+    roles: tuple[str, ...] = ROLES
+    idempotency_ttl_seconds: int = 86400
+    cursor_secret: str = "orders-service-cursor-v1"  # noqa: S105 - tamper check, not a secret
+    data_dir: str = ".data"
+    max_body_bytes: int = 64 * 1024
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced, safe for logs."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is out of range ({lo}..{hi})")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is out of range ({lo}..{hi})")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _url(*schemes: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ConfigError(f"{name}={redact_url(raw)!r} must be a URL with scheme {' or '.join(schemes)}")
+        return raw
+
+    return parse
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _roles(name: str, raw: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in raw.split(",") if r.strip())
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise ConfigError(f"{name}={raw!r} must be a comma-separated subset of {','.join(ROLES)}")
+    return tuple(dict.fromkeys(roles))
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw:
+        raise ConfigError(f"{name} must not be empty")
+    return raw
+
+
+def _port(name: str, raw: str) -> int:
+    return _int(0, 65535)(name, raw)
+
+
+_PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "PORT": ("port", _port),
+    "GRPC_PORT": ("grpc_port", _port),
+    "PPROF_PORT": ("pprof_port", _port),
+    "BIND": ("bind", _text),
+    "ADMIN_BIND": ("admin_bind", _text),
+    "DATABASE_URL": ("database_url", _url("postgres", "postgresql")),
+    "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix")),
+    "HTTP_WORKERS": ("http_workers", _int(1, 64)),
+    "GRPC_WORKERS": ("grpc_workers", _int(1, 64)),
+    "WORKER_PROCESSES": ("worker_processes", _int(1, 64)),
+    "DB_POOL_SIZE": ("db_pool_size", _int(2, 200)),
+    "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _float(0.01, 60.0)),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float(0.1, 3600.0)),
+    "MIGRATE_ON_START": ("migrate_on_start", _bool),
+    "ROLES": ("roles", _roles),
+    "IDEMPOTENCY_TTL": ("idempotency_ttl_seconds", _int(1, 30 * 86400)),
+    "CURSOR_SECRET": ("cursor_secret", _text),
+    "DATA_DIR": ("data_dir", _text),
+}
+
+ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read every variable once; raise ConfigError naming the first bad one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for variable, (field, parse) in _PARSERS.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        values[field] = parse(variable, raw)
+    if "http_workers" not in values:
+        values["http_workers"] = os.cpu_count() or 1
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,132 @@
+"""Orders, their statuses and allowed transitions, and the domain's errors. No I/O."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+import msgspec
+
+MAX_PRODUCT_LENGTH = 255
+MIN_QUANTITY = 1
+MAX_QUANTITY = 1_000_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+class OrderStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+
+
+ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED}),
+    OrderStatus.CONFIRMED: frozenset({OrderStatus.CANCELLED}),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    """Same status is always allowed (no change); otherwise only the edges above."""
+    return current == target or target in ALLOWED_TRANSITIONS[current]
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    product: str
+    quantity: int
+    status: OrderStatus
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class EventType(enum.StrEnum):
+    CREATED = "order.created"
+    UPDATED = "order.updated"
+    DELETED = "order.deleted"
+
+
+class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event the service emits with a change; stored in the outbox in the same transaction."""
+
+    id: uuid.UUID
+    type: EventType
+    order: Order
+    occurred_at: datetime
+    request_id: str | None = None
+    traceparent: str | None = None
+
+
+class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """A key a client sent with a create, with the fingerprint of the request it names."""
+
+    key: str
+    fingerprint: bytes
+    expires_at: datetime
+
+
+class FieldViolation(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    orders: list[Order]
+    next_cursor: str | None
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+class DomainError(Exception):
+    """Base of every error the service layer raises on purpose."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ValidationFailed(DomainError):
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.message}" for v in violations))
+        self.violations = violations
+
+
+class OrderNotFound(DomainError):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} not found")
+
+
+class InvalidTransition(DomainError):
+    def __init__(self, current: OrderStatus, target: OrderStatus) -> None:
+        super().__init__(f"status cannot change from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
+
+
+class VersionMismatch(DomainError):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"order is at version {actual}, not the expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class IdempotencyKeyReused(DomainError):
+    """The key was used before with a different request body."""
+
+    def __init__(self) -> None:
+        super().__init__("idempotency key was already used with a different request")
+
+
+class IdempotencyInProgress(DomainError):
+    """The first request with this key has not finished yet."""
+
+    def __init__(self) -> None:
+        super().__init__("a request with this idempotency key is still in progress; retry shortly")
+
+
+class StoreUnavailable(Exception):
+    """The order store cannot be reached (raised by adapters, mapped to 503/UNAVAILABLE)."""

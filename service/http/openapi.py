@@ -1,0 +1,259 @@
+"""The OpenAPI 3.1 document, generated from the same msgspec types the API decodes and encodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from service import __version__
+from service.domain import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    MAX_PRODUCT_LENGTH,
+    MAX_QUANTITY,
+    MIN_QUANTITY,
+    Order,
+)
+from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
+from service.store.database import PoolStats
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_STRING_HEADER = {"schema": {"type": "string"}}
+_REQUEST_ID_PARAM = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Client request id (1..128 visible ASCII); generated when absent or invalid.",
+    "schema": {"type": "string"},
+}
+_IF_MATCH_PARAM = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'Expected version as an entity tag, e.g. "3"; 412 when the order has moved on.',
+    "schema": {"type": "string"},
+}
+_IDEMPOTENCY_PARAM = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1..255 visible ASCII characters. A retry with the same key and body replays the "
+    "original 201 response (with Idempotent-Replayed: true) instead of creating another order.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_RETRY_AFTER = {"Retry-After": _STRING_HEADER}
+_COMMON_ERRORS = {
+    "503": _problem("PostgreSQL unavailable", _RETRY_AFTER),
+    "500": _problem("Unexpected error (no internals disclosed)"),
+}
+_ORDER_HEADERS = {"ETag": _STRING_HEADER, "X-Request-ID": _STRING_HEADER}
+
+
+def _with_constraints(schemas: dict[str, Any]) -> None:
+    """Document the service layer's rules on the wire types (the service enforces them)."""
+    product = {"type": "string", "minLength": 1, "maxLength": MAX_PRODUCT_LENGTH, "pattern": r"\S"}
+    quantity = {"type": "integer", "minimum": MIN_QUANTITY, "maximum": MAX_QUANTITY}
+    for name in ("CreateOrderBody", "UpdateOrderBody", "Order"):
+        props = schemas[name]["properties"]
+        props["product"] = {**props["product"], **product}
+        props["quantity"] = {**props["quantity"], **quantity}
+    schemas["Order"]["properties"]["version"]["minimum"] = 1
+
+
+def build_openapi() -> dict[str, Any]:
+    (_, schemas) = msgspec.json.schema_components(
+        [CreateOrderBody, UpdateOrderBody, Order, Problem, Health, Readiness, PoolStats], ref_template=_REF
+    )
+    _with_constraints(schemas)
+    order_response = _json("The order", _ref("Order"), _ORDER_HEADERS)
+    body_errors = {
+        "400": _problem("Malformed JSON, wrong type, missing or unknown field, or a rule broken"),
+        "413": _problem("Body over the size limit"),
+        "415": _problem("Body is not JSON"),
+    }
+    paths: dict[str, Any] = {
+        "/orders": {
+            "post": {
+                "operationId": "createOrder",
+                "summary": "Create an order (status pending, version 1)",
+                "parameters": [_REQUEST_ID_PARAM, _IDEMPOTENCY_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CreateOrderBody")}},
+                },
+                "responses": {
+                    "201": _json(
+                        "Created (or replayed for a repeated Idempotency-Key)",
+                        _ref("Order"),
+                        {
+                            **_ORDER_HEADERS,
+                            "Location": _STRING_HEADER,
+                            "Idempotent-Replayed": _STRING_HEADER,
+                        },
+                    ),
+                    **body_errors,
+                    "409": _problem("A request with this Idempotency-Key is still in progress"),
+                    "422": _problem("Idempotency-Key already used with a different body"),
+                    **_COMMON_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listOrders",
+                "summary": "List orders, newest first, with keyset pagination",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_SIZE,
+                            "default": DEFAULT_PAGE_SIZE,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Opaque cursor from the previous page's Link header",
+                    },
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["pending", "confirmed", "cancelled"]},
+                    },
+                    _REQUEST_ID_PARAM,
+                ],
+                "responses": {
+                    "200": _json(
+                        "A page of orders",
+                        {"type": "array", "items": _ref("Order")},
+                        {"Link": {"description": 'rel="next" URL when more orders exist', **_STRING_HEADER}},
+                    ),
+                    "400": _problem("Invalid limit, cursor or status"),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/orders/{id}": {
+            "parameters": [_ID_PARAM],
+            "get": {
+                "operationId": "getOrder",
+                "summary": "Get one order",
+                "parameters": [_REQUEST_ID_PARAM],
+                "responses": {
+                    "200": order_response,
+                    "404": _problem("Unknown or malformed id"),
+                    **_COMMON_ERRORS,
+                },
+            },
+            "put": {
+                "operationId": "updateOrder",
+                "summary": "Change product, quantity and optionally status",
+                "description": "Allowed status changes: pending->confirmed, pending->cancelled, "
+                "confirmed->cancelled.",
+                "parameters": [_REQUEST_ID_PARAM, _IF_MATCH_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("UpdateOrderBody")}},
+                },
+                "responses": {
+                    "200": order_response,
+                    **body_errors,
+                    "404": _problem("Unknown or malformed id"),
+                    "409": _problem("Status change not allowed"),
+                    "412": _problem("If-Match version is stale"),
+                    **_COMMON_ERRORS,
+                },
+            },
+            "delete": {
+                "operationId": "deleteOrder",
+                "summary": "Delete an order",
+                "parameters": [_REQUEST_ID_PARAM, _IF_MATCH_PARAM],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "400": _problem("Malformed If-Match"),
+                    "404": _problem("Unknown or malformed id"),
+                    "409": _problem("The order changed concurrently"),
+                    "412": _problem("If-Match version is stale"),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness",
+                "responses": {"200": _json("Process is running", _ref("Health"))},
+            }
+        },
+        "/ready": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: PostgreSQL and Redis answer",
+                "responses": {
+                    "200": _json("Ready", _ref("Readiness")),
+                    "503": _json("A dependency failed", _ref("Readiness"), _RETRY_AFTER),
+                },
+            }
+        },
+        "/metrics/db": {
+            "get": {
+                "operationId": "dbMetrics",
+                "summary": "Connection-pool figures of the answering worker",
+                "responses": {"200": _json("Pool figures", _ref("PoolStats"))},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": _json("OpenAPI 3.1 document", {"type": "object"})},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orders-service",
+            "version": __version__,
+            "description": "Order management: REST API (this document) and gRPC (proto/orders.proto).",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def openapi_bytes() -> bytes:
+    return msgspec.json.encode(build_openapi())

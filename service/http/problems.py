@@ -1,0 +1,151 @@
+"""Maps every failure of a request to an RFC 9457 problem response. The only place that does."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import msgspec
+
+from service.domain import (
+    DomainError,
+    FieldViolation,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    OrderNotFound,
+    StoreUnavailable,
+    ValidationFailed,
+    VersionMismatch,
+)
+from service.http.schemas import FieldError, Problem
+from service.orders import ConcurrentModification
+
+log = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_PROBLEM_BASE = "https://orders-service.dev/problems/"
+_encode = msgspec.json.Encoder().encode
+_FIELD_PATH = re.compile(r"at `\$\.?([^`]*)`")
+
+
+class HttpError(Exception):
+    """A failure decided by the HTTP layer itself (routing, headers, body framing)."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        violations: list[FieldViolation] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = headers or []
+        self.violations = violations
+
+
+def bad_request(field: str, message: str) -> HttpError:
+    return HttpError(
+        400,
+        "validation",
+        "Invalid request",
+        f"{field}: {message}",
+        violations=[FieldViolation(field, message)],
+    )
+
+
+def decode_error(exc: msgspec.DecodeError) -> HttpError:
+    """A 400 naming the field msgspec rejected (or `body` when the JSON itself is malformed)."""
+    message = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        match = _FIELD_PATH.search(message)
+        field = match.group(1) if match and match.group(1) else "body"
+        text = _FIELD_PATH.sub("", message).strip().rstrip("-").strip()
+        if text.startswith("Object missing required field"):
+            field = text.split("`")[1]
+            text = "is required"
+        elif text.startswith("Object contains unknown field"):
+            field = text.split("`")[1]
+            text = "is not a known field"
+        else:
+            text = text[0].lower() + text[1:] if text else "is invalid"
+        return bad_request(field, text)
+    return bad_request("body", f"is not valid JSON ({message})")
+
+
+_DOMAIN_STATUS: list[tuple[type[BaseException], int, str, str]] = [
+    (ValidationFailed, 400, "validation", "Invalid request"),
+    (OrderNotFound, 404, "not-found", "Order not found"),
+    (InvalidTransition, 409, "invalid-transition", "Status change not allowed"),
+    (ConcurrentModification, 409, "concurrent-modification", "Order changed concurrently"),
+    (IdempotencyInProgress, 409, "idempotency-in-progress", "Request in progress"),
+    (VersionMismatch, 412, "precondition-failed", "Version does not match"),
+    (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
+]
+
+
+def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, extra headers and problem+json body for any exception raised by a request."""
+    if isinstance(exc, HttpError):
+        return (
+            exc.status,
+            exc.headers,
+            _body(exc.status, exc.slug, exc.title, exc.detail, request_id, exc.violations),
+        )
+    if isinstance(exc, StoreUnavailable):
+        log.warning("database unavailable: %s", exc)
+        body = _body(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "the database is unavailable; retry later",
+            request_id,
+            None,
+        )
+        return 503, [("retry-after", "1")], body
+    for kind, status, slug, title in _DOMAIN_STATUS:
+        if isinstance(exc, kind):
+            detail = exc.detail if isinstance(exc, DomainError) else "the order changed concurrently; retry"
+            violations = exc.violations if isinstance(exc, ValidationFailed) else None
+            return status, [], _body(status, slug, title, detail, request_id, violations)
+    log.error("unhandled error", exc_info=exc)
+    return (
+        500,
+        [],
+        _body(
+            500,
+            "internal",
+            "Internal error",
+            "an unexpected error occurred; quote the request_id when reporting it",
+            request_id,
+            None,
+        ),
+    )
+
+
+def _body(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    request_id: str,
+    violations: list[FieldViolation] | None,
+) -> bytes:
+    errors = [FieldError(v.field, v.message) for v in violations] if violations else None
+    return _encode(
+        Problem(
+            type=_PROBLEM_BASE + slug,
+            title=title,
+            status=status,
+            detail=detail,
+            request_id=request_id,
+            errors=errors,
+        )
+    )

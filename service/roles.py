@@ -1,0 +1,32 @@
+"""The body of each role process the supervisor starts."""
+
+from __future__ import annotations
+
+import logging
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_http(settings: Settings) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    server = Server(
+        "service.http.rsgi:app",
+        address=settings.bind,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        workers=settings.http_workers,
+        loop=Loops.uvloop,
+        backlog=2048,
+        respawn_failed_workers=True,
+        workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
+        log_enabled=True,
+        log_access=False,
+    )
+    server.serve()
+
+
+ROLE_RUNNERS = {"http": run_http}

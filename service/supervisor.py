@@ -1,0 +1,107 @@
+"""Starts the role processes, restarts any that crash, and stops them all gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.2
+_MAX_RESTART_DELAY = 30.0
+
+
+@dataclass
+class RoleProcess:
+    role: str
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start_at: float = 0.0
+    history: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Supervisor:
+    def __init__(
+        self, role_counts: Mapping[str, int], env: Mapping[str, str], shutdown_timeout: float
+    ) -> None:
+        self._env = dict(env)
+        self._shutdown_timeout = shutdown_timeout
+        self._stopping = False
+        self.children = [
+            RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)
+        ]
+
+    def _start(self, child: RoleProcess) -> None:
+        env = {**self._env, "ORDERS_ROLE_INDEX": str(child.index)}
+        child.process = subprocess.Popen([sys.executable, "-m", "service", "role", child.role], env=env)
+        child.started_at = time.monotonic()
+        log.info("role process started", extra={"child": child.name, "pid": child.process.pid})
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        if not self._stopping:
+            log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        self._stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        for child in self.children:
+            self._start(child)
+        while not self._stopping:
+            self._watch()
+            time.sleep(_POLL_SECONDS)
+        return self._stop_all()
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is None:
+                if now >= child.next_start_at:
+                    self._start(child)
+                continue
+            code = process.poll()
+            if code is None:
+                continue
+            child.restarts += 1
+            child.history.append(code)
+            # Back off when a role keeps dying right after start, so a broken config cannot spin.
+            lived = now - child.started_at
+            delay = 0.5 if lived > 10 else min(_MAX_RESTART_DELAY, 0.5 * 2 ** min(child.restarts, 6))
+            log.error(
+                "role process exited unexpectedly; restarting",
+                extra={"child": child.name, "pid": process.pid, "exit_code": code, "restart_in_s": delay},
+            )
+            child.process = None
+            child.next_start_at = now + delay
+
+    def _stop_all(self) -> int:
+        running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._shutdown_timeout
+        clean = True
+        for process in running:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                log.error("role process did not stop in time; killing it", extra={"pid": process.pid})
+                process.kill()
+                process.wait()
+                clean = False
+        log.info("stopped", extra={"clean": clean})
+        return 0 if clean else 1
