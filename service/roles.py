@@ -29,4 +29,16 @@ def run_http(settings: Settings) -> None:
     server.serve()
 
 
-ROLE_RUNNERS = {"http": run_http}
+def run_grpc(settings: Settings) -> None:
+    from service.grpc.server import serve
+
+    serve(settings)
+
+
+def run_worker(settings: Settings) -> None:
+    from service.events.worker import serve
+
+    serve(settings)
+
+
+ROLE_RUNNERS = {"http": run_http, "grpc": run_grpc, "worker": run_worker}

@@ -1,0 +1,109 @@
+"""Shared fixtures: real PostgreSQL and Redis (local, from env, or embedded), isolated per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psqlpy
+import pytest
+
+from service.store.migrator import migrate
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class TestServices:
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+
+
+@pytest.fixture(scope="session")
+def test_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServices]:
+    """DATABASE_URL/REDIS_URL when set; else the local defaults when they answer; else embedded."""
+    database_url = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    if not database_url and _answers("127.0.0.1", 5432):
+        database_url = "postgresql://postgres@127.0.0.1:5432/test"
+    if not redis_url and _answers("127.0.0.1", 6379):
+        redis_url = "redis://127.0.0.1:6379/0"
+    embedded = None
+    if not database_url or not redis_url:
+        from service.devservers import resolve_services
+
+        embedded = resolve_services(tmp_path_factory.mktemp("embedded"), database_name="test")
+        database_url = database_url or embedded.database_url
+        redis_url = redis_url or embedded.redis_url
+    try:
+        yield TestServices(database_url, redis_url)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options={quote(f'-c search_path={schema}')}"
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2, connect_timeout_sec=5)
+    try:
+        conn = await pool.connection()
+        try:
+            await conn.execute_batch(sql)
+        finally:
+            conn.close()
+    finally:
+        pool.close()
+
+
+class IsolatedSchema:
+    """A fresh schema with every migration applied; `dsn` puts it on the search_path."""
+
+    def __init__(self, base_dsn: str) -> None:
+        self.name = f"t_{uuid.uuid4().hex[:12]}"
+        self.base_dsn = base_dsn
+        self.dsn = with_search_path(base_dsn, self.name)
+
+    async def create(self) -> None:
+        await _admin(self.base_dsn, f"CREATE SCHEMA {self.name}")
+        await migrate(self.dsn)
+
+    async def drop(self) -> None:
+        await _admin(self.base_dsn, f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
+
+
+@pytest.fixture
+async def schema(test_services: TestServices) -> AsyncIterator[IsolatedSchema]:
+    """A migrated schema of its own for one test, dropped afterwards."""
+    isolated = IsolatedSchema(test_services.database_url)
+    await isolated.create()
+    try:
+        yield isolated
+    finally:
+        await isolated.drop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
