@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 
@@ -29,16 +30,9 @@ from service.domain import (
     VersionMismatch,
     can_transition,
 )
-from service.ports import Clock, ExistingClaim, IdSource, OrderStore
+from service.ports import Change, Clock, Decide, ExistingClaim, IdSource, OrderStore
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-# Optimistic-concurrency retries for changes without an expected version; each retry re-reads the
-# order and re-checks every rule, so a lost race can never lose an update.
-MAX_WRITE_ATTEMPTS = 8
-
-
-class ConcurrentModification(Exception):
-    """The order kept changing under a write; the client may retry."""
 
 
 class CreateResult(msgspec.Struct, frozen=True):
@@ -54,6 +48,18 @@ class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
 
 
 NO_CONTEXT = RequestContext()
+
+
+def _check_version(current: Order, expected_version: int | None) -> None:
+    if expected_version is not None and current.version != expected_version:
+        raise VersionMismatch(expected_version, current.version)
+
+
+def _parsed_or_not_found(raw: str) -> uuid.UUID:
+    parsed = parse_order_id(raw)
+    if parsed is None:
+        raise OrderNotFound(raw)
+    return parsed
 
 
 def parse_order_id(raw: str) -> uuid.UUID | None:
@@ -171,8 +177,7 @@ class OrderService:
         return CreateResult(stored, replayed=False)
 
     async def get(self, order_id: str) -> Order:
-        parsed = parse_order_id(order_id)
-        order = await self._store.get(parsed) if parsed is not None else None
+        order = await self._store.get(_parsed_or_not_found(order_id))
         if order is None:
             raise OrderNotFound(order_id)
         return order
@@ -227,50 +232,39 @@ class OrderService:
                 violations.extend(exc.violations)
         if violations:
             raise ValidationFailed(violations)
-        parsed = parse_order_id(order_id)
-        if parsed is None:
-            raise OrderNotFound(order_id)
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            current = await self._current(parsed, order_id, expected_version)
+
+        def decide(current: Order) -> Change:
+            _check_version(current, expected_version)
             new_status = current.status if target_status is None else target_status
             if not can_transition(current.status, new_status):
                 raise InvalidTransition(current.status, new_status)
             new_product = current.product if product is None else product
             new_quantity = current.quantity if quantity is None else quantity
-            if (new_product, new_quantity, new_status) == (
-                current.product,
-                current.quantity,
-                current.status,
-            ):
-                return current
-            changed = msgspec.structs.replace(
-                current,
-                product=new_product,
-                quantity=new_quantity,
-                status=new_status,
-                version=current.version + 1,
-                updated_at=self._clock.now(),
-            )
-            event = self._event(EventType.UPDATED, changed, ctx)
-            stored = await self._store.update(changed, current.version, event)
-            if stored is not None:
-                return stored
-        raise ConcurrentModification()
+            if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
+                return current, None
+            return self._changed(current, ctx, product=new_product, quantity=new_quantity, status=new_status)
+
+        order, _ = await self._change(order_id, decide)
+        return order
 
     async def delete(
         self, order_id: str, *, expected_version: int | None = None, ctx: RequestContext = NO_CONTEXT
     ) -> None:
-        parsed = parse_order_id(order_id)
-        if parsed is None:
-            raise OrderNotFound(order_id)
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            current = await self._current(parsed, order_id, expected_version)
+        parsed = _parsed_or_not_found(order_id)
+
+        def decide(current: Order) -> OrderEvent:
+            _check_version(current, expected_version)
             last_state = msgspec.structs.replace(current, updated_at=self._clock.now())
-            if await self._store.delete(
-                parsed, current.version, self._event(EventType.DELETED, last_state, ctx)
-            ):
-                return
-        raise ConcurrentModification()
+            return self._event(EventType.DELETED, last_state, ctx)
+
+        current = await self._store.get(parsed)
+        if current is None:
+            raise OrderNotFound(order_id)
+        if await self._store.delete(parsed, current.version, decide(current)):
+            return
+        # Lost a race with another writer: decide again under the row lock.
+        if not await self._store.remove(parsed, decide):
+            raise OrderNotFound(order_id)
 
     async def confirm(self, order_id: str, *, ctx: RequestContext = NO_CONTEXT) -> bool:
         """Confirm a still-pending order (the consumer's reaction to order.created).
@@ -278,31 +272,43 @@ class OrderService:
         Returns False, changing nothing, when the order is gone or no longer pending, so a
         redelivered event is harmless.
         """
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            try:
-                current = await self.get(order_id)
-                if current.status is not OrderStatus.PENDING:
-                    return False
-                await self.update(
-                    order_id,
-                    status=OrderStatus.CONFIRMED.value,
-                    expected_version=current.version,
-                    ctx=ctx,
-                )
-                return True
-            except OrderNotFound:
-                return False
-            except VersionMismatch:
-                continue  # changed under us (maybe only its product): look again
-        raise ConcurrentModification()
+
+        def decide(current: Order) -> Change:
+            if current.status is not OrderStatus.PENDING:
+                return current, None
+            return self._changed(current, ctx, status=OrderStatus.CONFIRMED)
+
+        try:
+            _, changed = await self._change(order_id, decide)
+        except OrderNotFound:
+            return False
+        return changed
+
+    def _changed(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
+        changed = msgspec.structs.replace(
+            current, version=current.version + 1, updated_at=self._clock.now(), **fields
+        )
+        return changed, self._event(EventType.UPDATED, changed, ctx)
+
+    async def _change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:
+        """Apply `decide` to the order: optimistically first, under the row lock if that loses a race.
+
+        Returns the resulting order and whether it changed. Concurrent writers therefore never
+        lose one another's updates, and every one of them makes progress.
+        """
+        parsed = _parsed_or_not_found(order_id)
+        current = await self._store.get(parsed)
+        if current is None:
+            raise OrderNotFound(order_id)
+        changed, event = decide(current)
+        if event is None:
+            return changed, False
+        if await self._store.update(changed, current.version, event) is not None:
+            return changed, True
+        outcome = await self._store.modify(parsed, decide)
+        if outcome is None:
+            raise OrderNotFound(order_id)
+        return outcome
 
     async def purge_expired_idempotency_keys(self, batch_size: int = 1000) -> int:
         return await self._store.purge_expired_claims(self._clock.now(), batch_size)
-
-    async def _current(self, parsed: uuid.UUID, raw_id: str, expected_version: int | None) -> Order:
-        current = await self._store.get(parsed)
-        if current is None:
-            raise OrderNotFound(raw_id)
-        if expected_version is not None and current.version != expected_version:
-            raise VersionMismatch(expected_version, current.version)
-        return current

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -16,6 +17,13 @@ class ExistingClaim(msgspec.Struct, frozen=True, kw_only=True):
 
     fingerprint: bytes
     order: Order
+
+
+# A rule applied to the current order: the new order and its event, or (current, None) for no
+# change; it may raise a DomainError to refuse. Stores call it under the order's row lock.
+Change = tuple[Order, OrderEvent | None]
+Decide = Callable[[Order], Change]
+DecideRemoval = Callable[[Order], OrderEvent]
 
 
 class OrderStore(Protocol):
@@ -45,6 +53,21 @@ class OrderStore(Protocol):
 
     async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         """Delete when the stored version is still `expected_version`; False otherwise."""
+        ...
+
+    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+        """Lock the order, apply `decide`, store the change and its event atomically.
+
+        Returns (resulting order, changed), or None when the order does not exist. An exception
+        from `decide` leaves everything as it was.
+        """
+        ...
+
+    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+        """Lock the order, let `decide` produce its deletion event (or raise), delete atomically.
+
+        False when the order does not exist.
+        """
         ...
 
     async def purge_expired_claims(self, now: datetime, limit: int) -> int:

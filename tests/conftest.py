@@ -106,4 +106,3 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
-

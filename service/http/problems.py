@@ -19,7 +19,6 @@ from service.domain import (
     VersionMismatch,
 )
 from service.http.schemas import FieldError, Problem
-from service.orders import ConcurrentModification
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,6 @@ _DOMAIN_STATUS: list[tuple[type[BaseException], int, str, str]] = [
     (ValidationFailed, 400, "validation", "Invalid request"),
     (OrderNotFound, 404, "not-found", "Order not found"),
     (InvalidTransition, 409, "invalid-transition", "Status change not allowed"),
-    (ConcurrentModification, 409, "concurrent-modification", "Order changed concurrently"),
     (IdempotencyInProgress, 409, "idempotency-in-progress", "Request in progress"),
     (VersionMismatch, 412, "precondition-failed", "Version does not match"),
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
@@ -112,7 +110,7 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
         return 503, [("retry-after", "1")], body
     for kind, status, slug, title in _DOMAIN_STATUS:
         if isinstance(exc, kind):
-            detail = exc.detail if isinstance(exc, DomainError) else "the order changed concurrently; retry"
+            detail = exc.detail if isinstance(exc, DomainError) else title
             violations = exc.violations if isinstance(exc, ValidationFailed) else None
             return status, [], _body(status, slug, title, detail, request_id, violations)
     log.error("unhandled error", exc_info=exc)

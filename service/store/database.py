@@ -91,6 +91,12 @@ class Database:
         finally:
             conn.close()
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psqlpy.Transaction]:
+        """A transaction on a pooled connection: committed on success, rolled back on error."""
+        async with self.connection() as conn, conn.transaction() as tx:
+            yield tx
+
     async def fetch(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         async with self.connection() as conn:
             result = await conn.execute(sql, params)

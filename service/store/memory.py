@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
-from service.ports import ExistingClaim
+from service.ports import Decide, DecideRemoval, ExistingClaim
 
 
 class _StoredClaim(msgspec.Struct, frozen=True):
@@ -67,6 +67,26 @@ class MemoryOrderStore:
         current = self.orders.get(order_id)
         if current is None or current.version != expected_version:
             return False
+        del self.orders[order_id]
+        self.outbox.append(event)
+        return True
+
+    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+        current = self.orders.get(order_id)
+        if current is None:
+            return None
+        changed, event = decide(current)
+        if event is None:
+            return changed, False
+        self.orders[order_id] = changed
+        self.outbox.append(event)
+        return changed, True
+
+    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+        current = self.orders.get(order_id)
+        if current is None:
+            return False
+        event = decide(current)
         del self.orders[order_id]
         self.outbox.append(event)
         return True

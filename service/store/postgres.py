@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
-from service.ports import ExistingClaim
+from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.database import Database
 
 _CREATE = """
@@ -48,6 +48,8 @@ SELECT count(*) FROM claim
 _EXISTING_CLAIM = """
 SELECT fingerprint, response::text FROM idempotency_keys WHERE key = $1 AND expires_at > $2
 """
+
+_GET_FOR_UPDATE = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1 FOR UPDATE"
 
 _GET = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1"
 
@@ -115,6 +117,19 @@ def _event_params(event: OrderEvent) -> list[Any]:
     ]
 
 
+def _update_params(order: Order, expected_version: int, event: OrderEvent) -> list[Any]:
+    return [
+        order.id,
+        order.product,
+        order.quantity,
+        order.status.value,
+        order.version,
+        order.updated_at,
+        expected_version,
+        *_event_params(event),
+    ]
+
+
 class PostgresOrderStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -172,22 +187,34 @@ class PostgresOrderStore:
         return [_row_to_order(row) for row in rows]
 
     async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
-        params: list[Any] = [
-            order.id,
-            order.product,
-            order.quantity,
-            order.status.value,
-            order.version,
-            order.updated_at,
-            expected_version,
-            *_event_params(event),
-        ]
-        rows = await self._db.fetch(_UPDATE, params)
+        rows = await self._db.fetch(_UPDATE, _update_params(order, expected_version, event))
         return order if rows[0][0] == 1 else None
 
     async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         rows = await self._db.fetch(_DELETE, [order_id, expected_version, *_event_params(event)])
         return bool(rows[0][0] == 1)
+
+    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+        async with self._db.transaction() as tx:
+            rows = (await tx.execute(_GET_FOR_UPDATE, [order_id])).result(as_tuple=True)
+            if not rows:
+                return None
+            current = _row_to_order(rows[0])
+            changed, event = decide(current)
+            if event is None:
+                return changed, False
+            await tx.execute(_UPDATE, _update_params(changed, current.version, event))
+            return changed, True
+
+    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+        async with self._db.transaction() as tx:
+            rows = (await tx.execute(_GET_FOR_UPDATE, [order_id])).result(as_tuple=True)
+            if not rows:
+                return False
+            current = _row_to_order(rows[0])
+            event = decide(current)
+            await tx.execute(_DELETE, [order_id, current.version, *_event_params(event)])
+            return True
 
     async def purge_expired_claims(self, now: datetime, limit: int) -> int:
         rows = await self._db.fetch(_PURGE_CLAIMS, [now, limit])

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.clock import SystemClock, UuidV7Source
+from service.cursor import CursorCodec
+from service.orders import OrderService
+from service.store.database import Database
+from service.store.postgres import PostgresOrderStore
+from tests.conftest import IsolatedSchema
+
+
+@pytest.fixture
+async def database(schema: IsolatedSchema) -> AsyncIterator[Database]:
+    db = Database(schema.dsn, pool_size=8, acquire_timeout=5.0)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def store(database: Database) -> PostgresOrderStore:
+    return PostgresOrderStore(database)
+
+
+@pytest.fixture
+def pg_service(store: PostgresOrderStore) -> OrderService:
+    return OrderService(store, SystemClock(), UuidV7Source(), CursorCodec(b"it"))

@@ -1,0 +1,143 @@
+"""The PostgreSQL adapter against a real PostgreSQL, each test in its own schema."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import msgspec
+import pytest
+
+from service.domain import IdempotencyKeyReused, OrderStatus, StoreUnavailable
+from service.orders import OrderService, RequestContext
+from service.store.database import Database
+from service.store.migrator import load_migrations, migrate
+from service.store.postgres import PostgresOrderStore
+from tests.conftest import IsolatedSchema
+
+
+async def test_migrations_are_recorded_once(schema: IsolatedSchema, database: Database) -> None:
+    assert await migrate(schema.dsn) == []  # already applied by the fixture
+    rows = await database.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [r[1] for r in rows] == [m.name for m in load_migrations()]
+
+
+async def test_concurrent_migrations_do_not_race(test_services: object) -> None:
+    isolated = IsolatedSchema(test_services.database_url)  # type: ignore[attr-defined]
+    from tests.conftest import _admin
+
+    await _admin(isolated.base_dsn, f"CREATE SCHEMA {isolated.name}")
+    try:
+        results = await asyncio.gather(*(migrate(isolated.dsn) for _ in range(4)))
+        applied = [name for result in results for name in result]
+        assert sorted(applied) == sorted(m.name for m in load_migrations())
+    finally:
+        await isolated.drop()
+
+
+async def test_create_get_round_trip_with_outbox_row(pg_service: OrderService, database: Database) -> None:
+    created = (await pg_service.create("book", 3, ctx=RequestContext(request_id="r-1"))).order
+    fetched = await pg_service.get(str(created.id))
+    assert fetched == created
+    rows = await database.fetch("SELECT event_type, order_id, payload::text, request_id FROM outbox")
+    assert len(rows) == 1
+    event_type, order_id, payload, request_id = rows[0]
+    assert (event_type, order_id, request_id) == ("order.created", str(created.id), "r-1")
+    assert msgspec.json.decode(payload)["product"] == "book"
+
+
+async def test_list_pages_by_status_newest_first(pg_service: OrderService) -> None:
+    orders = [(await pg_service.create(f"p{i}", 1)).order for i in range(5)]
+    await pg_service.update(str(orders[1].id), status="confirmed")
+    await pg_service.update(str(orders[3].id), status="confirmed")
+    page = await pg_service.list(limit=1, status="confirmed")
+    assert [o.id for o in page.orders] == [orders[3].id]
+    assert page.next_cursor is not None
+    page = await pg_service.list(limit=1, status="confirmed", cursor=page.next_cursor)
+    assert [o.id for o in page.orders] == [orders[1].id]
+    assert page.next_cursor is None
+    everything = await pg_service.list(limit=10)
+    assert [o.id for o in everything.orders] == [o.id for o in reversed(orders)]
+
+
+async def test_conditional_update_never_loses_an_update(pg_service: OrderService) -> None:
+    order = (await pg_service.create("counter", 1)).order
+    # 20 concurrent writers each set a distinct quantity: every one commits exactly once
+    results = await asyncio.gather(*(pg_service.update(str(order.id), quantity=q) for q in range(2, 22)))
+    assert sorted(r.version for r in results) == list(range(2, 22))
+    final = await pg_service.get(str(order.id))
+    assert final.version == 21
+
+
+async def test_update_and_delete_write_events_in_the_same_statement(
+    pg_service: OrderService, database: Database
+) -> None:
+    order = (await pg_service.create("book", 1)).order
+    await pg_service.update(str(order.id), status="confirmed")
+    await pg_service.delete(str(order.id))
+    rows = await database.fetch("SELECT event_type, payload->>'status' FROM outbox ORDER BY id")
+    assert rows == [
+        ("order.created", "pending"),
+        ("order.updated", "confirmed"),
+        ("order.deleted", "confirmed"),
+    ]
+
+
+async def test_idempotency_is_enforced_in_postgres(store: PostgresOrderStore, database: Database) -> None:
+    from service.clock import SystemClock, UuidV7Source
+    from service.cursor import CursorCodec
+
+    service = OrderService(store, SystemClock(), UuidV7Source(), CursorCodec(b"k"))
+    results = await asyncio.gather(*(service.create("book", 2, idempotency_key="same") for _ in range(20)))
+    assert len({r.order.id for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert (await database.fetch("SELECT count(*) FROM orders"))[0][0] == 1
+    assert (await database.fetch("SELECT count(*) FROM outbox"))[0][0] == 1
+    with pytest.raises(IdempotencyKeyReused):
+        await service.create("book", 5, idempotency_key="same")
+
+
+async def test_expired_idempotency_keys_are_taken_over_and_purged(
+    store: PostgresOrderStore, database: Database
+) -> None:
+    from service.clock import SystemClock, UuidV7Source
+    from service.cursor import CursorCodec
+
+    service = OrderService(
+        store, SystemClock(), UuidV7Source(), CursorCodec(b"k"), idempotency_ttl=timedelta(milliseconds=200)
+    )
+    first = await service.create("book", 2, idempotency_key="short")
+    await asyncio.sleep(0.3)
+    second = await service.create("book", 2, idempotency_key="short")
+    assert not second.replayed and second.order.id != first.order.id
+    await service.create("pen", 1, idempotency_key="other")
+    await asyncio.sleep(0.3)
+    assert await service.purge_expired_idempotency_keys() == 2
+    assert (await database.fetch("SELECT count(*) FROM idempotency_keys"))[0][0] == 0
+
+
+async def test_unreachable_database_raises_store_unavailable() -> None:
+    db = Database("postgresql://postgres@127.0.0.1:1/none", pool_size=2, acquire_timeout=1.0)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await PostgresOrderStore(db).get(__import__("uuid").uuid4())
+    finally:
+        db.close()
+
+
+async def test_exhausted_pool_times_out_instead_of_waiting_forever(schema: IsolatedSchema) -> None:
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=0.2)
+    try:
+        async with db.connection(), db.connection():
+            with pytest.raises(StoreUnavailable):
+                async with db.connection():
+                    pass
+        assert db.stats().acquire_timeouts_total == 1
+    finally:
+        db.close()
+
+
+async def test_status_is_stored_as_text(pg_service: OrderService, database: Database) -> None:
+    order = (await pg_service.create("book", 1)).order
+    await pg_service.update(str(order.id), status=OrderStatus.CANCELLED.value)
+    assert (await database.fetch("SELECT status FROM orders"))[0][0] == "cancelled"

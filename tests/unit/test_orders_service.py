@@ -1,0 +1,220 @@
+"""The service layer's rules, on the in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.domain import (
+    EventType,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    OrderNotFound,
+    OrderStatus,
+    ValidationFailed,
+    VersionMismatch,
+)
+from service.orders import RequestContext
+from tests.unit.fakes import make_service
+
+
+async def test_create_starts_pending_at_version_one_and_emits_created() -> None:
+    service, store, _ = make_service()
+    result = await service.create("book", 2, ctx=RequestContext(request_id="req-1"))
+    order = result.order
+    assert (order.product, order.quantity, order.status, order.version) == ("book", 2, OrderStatus.PENDING, 1)
+    assert order.created_at == order.updated_at
+    assert not result.replayed
+    assert [(e.type, e.order.id, e.request_id) for e in store.outbox] == [
+        (EventType.CREATED, order.id, "req-1")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("product", "quantity", "fields"),
+    [
+        ("", 1, ["product"]),
+        ("   ", 1, ["product"]),
+        ("x" * 256, 1, ["product"]),
+        ("ok", 0, ["quantity"]),
+        ("ok", 1_000_001, ["quantity"]),
+        ("ok", -5, ["quantity"]),
+        ("", 0, ["product", "quantity"]),
+        ("ok", 2**63, ["quantity"]),
+    ],
+)
+async def test_create_rejects_invalid_input_naming_fields(
+    product: str, quantity: int, fields: list[str]
+) -> None:
+    service, store, _ = make_service()
+    with pytest.raises(ValidationFailed) as caught:
+        await service.create(product, quantity)
+    assert [v.field for v in caught.value.violations] == fields
+    assert store.orders == {} and store.outbox == []
+
+
+async def test_create_accepts_boundaries() -> None:
+    service, _, _ = make_service()
+    assert (await service.create("x" * 255, 1_000_000)).order.quantity == 1_000_000
+    assert (await service.create("y", 1)).order.quantity == 1
+
+
+async def test_get_unknown_and_malformed_ids_are_not_found() -> None:
+    service, _, _ = make_service()
+    with pytest.raises(OrderNotFound):
+        await service.get("not-a-uuid")
+    with pytest.raises(OrderNotFound):
+        await service.get("00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.parametrize(
+    ("start", "target", "allowed"),
+    [
+        ("pending", "confirmed", True),
+        ("pending", "cancelled", True),
+        ("confirmed", "cancelled", True),
+        ("confirmed", "pending", False),
+        ("cancelled", "pending", False),
+        ("cancelled", "confirmed", False),
+    ],
+)
+async def test_status_transitions(start: str, target: str, allowed: bool) -> None:
+    service, _, _ = make_service()
+    order = (await service.create("book", 1)).order
+    if start != "pending":
+        order = await service.update(str(order.id), status=start)
+    if allowed:
+        updated = await service.update(str(order.id), status=target)
+        assert updated.status == OrderStatus(target)
+        assert updated.version == order.version + 1
+    else:
+        with pytest.raises(InvalidTransition):
+            await service.update(str(order.id), status=target)
+
+
+async def test_update_same_values_changes_nothing() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("book", 1)).order
+    again = await service.update(str(order.id), product="book", quantity=1, status="pending")
+    assert again == order
+    assert len(store.outbox) == 1
+
+
+async def test_update_bumps_version_and_emits_updated() -> None:
+    service, store, clock = make_service()
+    order = (await service.create("book", 1)).order
+    clock.advance(5)
+    updated = await service.update(str(order.id), product="pen", quantity=3)
+    assert (updated.product, updated.quantity, updated.version) == ("pen", 3, 2)
+    assert updated.updated_at > order.updated_at and updated.created_at == order.created_at
+    assert store.outbox[-1].type is EventType.UPDATED and store.outbox[-1].order == updated
+
+
+async def test_update_with_stale_expected_version_fails() -> None:
+    service, _, _ = make_service()
+    order = (await service.create("book", 1)).order
+    await service.update(str(order.id), quantity=2, expected_version=1)
+    with pytest.raises(VersionMismatch) as caught:
+        await service.update(str(order.id), quantity=3, expected_version=1)
+    assert (caught.value.expected, caught.value.actual) == (1, 2)
+
+
+async def test_update_validates_before_touching_store() -> None:
+    service, _, _ = make_service()
+    order = (await service.create("book", 1)).order
+    with pytest.raises(ValidationFailed) as caught:
+        await service.update(str(order.id), product=" ", quantity=0, status="shipped")
+    assert [v.field for v in caught.value.violations] == ["product", "quantity", "status"]
+
+
+async def test_delete_emits_last_state_and_respects_version() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("book", 1)).order
+    with pytest.raises(VersionMismatch):
+        await service.delete(str(order.id), expected_version=7)
+    await service.delete(str(order.id), expected_version=1)
+    assert store.outbox[-1].type is EventType.DELETED
+    assert store.outbox[-1].order.id == order.id and store.outbox[-1].order.product == "book"
+    with pytest.raises(OrderNotFound):
+        await service.delete(str(order.id))
+
+
+async def test_list_pages_newest_first_without_gaps_or_repeats() -> None:
+    service, _, _ = make_service()
+    ids = [(await service.create(f"p{i}", 1)).order.id for i in range(7)]
+    page = await service.list(limit=3)
+    seen = [o.id for o in page.orders]
+    while page.next_cursor:
+        await service.create("inserted while paging", 1)
+        page = await service.list(limit=3, cursor=page.next_cursor)
+        seen += [o.id for o in page.orders]
+    assert seen == list(reversed(ids))
+
+
+async def test_list_filters_by_status_and_validates_parameters() -> None:
+    service, _, _ = make_service()
+    a = (await service.create("a", 1)).order
+    await service.create("b", 1)
+    await service.update(str(a.id), status="confirmed")
+    page = await service.list(status="confirmed")
+    assert [o.id for o in page.orders] == [a.id] and page.next_cursor is None
+    for kwargs, field in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"status": "shipped"}, "status"),
+        ({"cursor": "garbage"}, "cursor"),
+    ]:
+        with pytest.raises(ValidationFailed) as caught:
+            await service.list(**kwargs)  # type: ignore[arg-type]
+        assert caught.value.violations[0].field == field
+
+
+async def test_confirm_only_confirms_pending_orders() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("book", 1)).order
+    assert await service.confirm(str(order.id)) is True
+    assert await service.confirm(str(order.id)) is False  # redelivery is harmless
+    assert (await service.get(str(order.id))).status is OrderStatus.CONFIRMED
+    cancelled = (await service.create("pen", 1)).order
+    await service.update(str(cancelled.id), status="cancelled")
+    assert await service.confirm(str(cancelled.id)) is False
+    assert await service.confirm("00000000-0000-0000-0000-000000000000") is False
+    assert [e.type for e in store.outbox].count(EventType.UPDATED) == 2
+
+
+async def test_idempotent_create_replays_and_detects_mismatch() -> None:
+    service, store, _ = make_service()
+    first = await service.create("book", 2, idempotency_key="key-1")
+    again = await service.create("book", 2, idempotency_key="key-1")
+    assert again.replayed and again.order == first.order
+    assert len(store.orders) == 1 and len(store.outbox) == 1
+    with pytest.raises(IdempotencyKeyReused):
+        await service.create("book", 3, idempotency_key="key-1")
+
+
+async def test_idempotency_key_expires_after_ttl() -> None:
+    service, store, clock = make_service(ttl_seconds=10)
+    first = await service.create("book", 2, idempotency_key="k")
+    clock.advance(11)
+    second = await service.create("book", 2, idempotency_key="k")
+    assert not second.replayed and second.order.id != first.order.id
+    assert await service.purge_expired_idempotency_keys() == 0  # the key was taken over, not expired
+    clock.advance(11)
+    assert await service.purge_expired_idempotency_keys() == 1
+    assert store.claims == {}
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\t", "é"])
+async def test_invalid_idempotency_keys_are_rejected(key: str) -> None:
+    service, store, _ = make_service()
+    with pytest.raises(ValidationFailed) as caught:
+        await service.create("book", 1, idempotency_key=key)
+    assert caught.value.violations[0].field == "Idempotency-Key"
+    assert store.orders == {}
+
+
+async def test_failed_create_stores_no_key() -> None:
+    service, _, _ = make_service()
+    with pytest.raises(ValidationFailed):
+        await service.create("", 1, idempotency_key="retry-me")
+    result = await service.create("book", 1, idempotency_key="retry-me")
+    assert not result.replayed
