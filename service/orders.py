@@ -182,9 +182,7 @@ class OrderService:
             raise OrderNotFound(order_id)
         return order
 
-    async def list(
-        self, limit: int | None = None, cursor: str | None = None, status: str | None = None
-    ) -> Page:
+    async def list(self, limit: int | None = None, cursor: str | None = None, status: str | None = None) -> Page:
         violations: list[FieldViolation] = []
         page_size = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -285,9 +283,7 @@ class OrderService:
         return changed
 
     def _changed(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
-        changed = msgspec.structs.replace(
-            current, version=current.version + 1, updated_at=self._clock.now(), **fields
-        )
+        changed = msgspec.structs.replace(current, version=current.version + 1, updated_at=self._clock.now(), **fields)
         return changed, self._event(EventType.UPDATED, changed, ctx)
 
     async def _change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:

@@ -29,9 +29,7 @@ DecideRemoval = Callable[[Order], OrderEvent]
 class OrderStore(Protocol):
     """Persistence of orders. Every change stores its event in the same transaction."""
 
-    async def create(
-        self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None
-    ) -> Order | ExistingClaim:
+    async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
         """Insert the order and its event; with a claim, also store the key atomically.
 
         Returns the stored order, or the claim already held by a live (unexpired) key, in which
@@ -41,9 +39,7 @@ class OrderStore(Protocol):
 
     async def get(self, order_id: uuid.UUID) -> Order | None: ...
 
-    async def list_page(
-        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None
-    ) -> list[Order]:
+    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         """Up to `limit` orders with id < before_id (all when None), newest (highest id) first."""
         ...
 

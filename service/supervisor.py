@@ -33,15 +33,11 @@ class RoleProcess:
 
 
 class Supervisor:
-    def __init__(
-        self, role_counts: Mapping[str, int], env: Mapping[str, str], shutdown_timeout: float
-    ) -> None:
+    def __init__(self, role_counts: Mapping[str, int], env: Mapping[str, str], shutdown_timeout: float) -> None:
         self._env = dict(env)
         self._shutdown_timeout = shutdown_timeout
         self._stopping = False
-        self.children = [
-            RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)
-        ]
+        self.children = [RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)]
 
     def _start(self, child: RoleProcess) -> None:
         env = {**self._env, "ORDERS_ROLE_INDEX": str(child.index)}

@@ -174,9 +174,7 @@ class RestApi:
                 )
         return request.body
 
-    def _order_response(
-        self, status: int, order: Order, extra: list[tuple[str, str]] | None = None
-    ) -> HttpResponse:
+    def _order_response(self, status: int, order: Order, extra: list[tuple[str, str]] | None = None) -> HttpResponse:
         headers = [("content-type", JSON), ("etag", _etag(order))]
         if extra:
             headers.extend(extra)

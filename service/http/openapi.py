@@ -181,8 +181,7 @@ def build_openapi() -> dict[str, Any]:
             "put": {
                 "operationId": "updateOrder",
                 "summary": "Change product, quantity and optionally status",
-                "description": "Allowed status changes: pending->confirmed, pending->cancelled, "
-                "confirmed->cancelled.",
+                "description": "Allowed status changes: pending->confirmed, pending->cancelled, confirmed->cancelled.",
                 "parameters": [_REQUEST_ID_PARAM, _IF_MATCH_PARAM],
                 "requestBody": {
                     "required": True,

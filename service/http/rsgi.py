@@ -58,9 +58,7 @@ class RsgiApp:
         too_large = False
         if scope.method in ("POST", "PUT", "PATCH"):
             body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes)
-        response = await api.handle(
-            HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large)
-        )
+        response = await api.handle(HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large))
         proto.response_bytes(response.status, response.headers, response.body)
 
 

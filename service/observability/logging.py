@@ -20,9 +20,7 @@ _encode = msgspec.json.Encoder().encode
 
 def _iso_time(created: float) -> str:
     seconds = int(created)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
-    )
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
 
 
 def format_record(record: logging.LogRecord) -> bytes:

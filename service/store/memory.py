@@ -29,9 +29,7 @@ class MemoryOrderStore:
             return None
         return stored
 
-    async def create(
-        self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None
-    ) -> Order | ExistingClaim:
+    async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
         if claim is not None:
             existing = self._live_claim(claim.key, self.now or order.created_at)
             if existing is not None:
@@ -44,9 +42,7 @@ class MemoryOrderStore:
     async def get(self, order_id: uuid.UUID) -> Order | None:
         return self.orders.get(order_id)
 
-    async def list_page(
-        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None
-    ) -> list[Order]:
+    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         selected = [
             o
             for o in self.orders.values()

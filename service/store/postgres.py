@@ -49,11 +49,15 @@ _EXISTING_CLAIM = """
 SELECT fingerprint, response::text FROM idempotency_keys WHERE key = $1 AND expires_at > $2
 """
 
-_GET_FOR_UPDATE = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1 FOR UPDATE"
+_GET_FOR_UPDATE = (
+    "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1 FOR UPDATE"
+)
 
 _GET = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1"
 
-_LIST_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
+_LIST_FIRST = (
+    "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
+)
 _LIST_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id < $2 ORDER BY id DESC LIMIT $1"
 _LIST_STATUS_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 ORDER BY id DESC LIMIT $1"
 _LIST_STATUS_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND id < $3 ORDER BY id DESC LIMIT $1"
@@ -134,9 +138,7 @@ class PostgresOrderStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(
-        self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None
-    ) -> Order | ExistingClaim:
+    async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
         event_id, event_type, payload, request_id, traceparent, occurred_at = _event_params(event)
         params: list[Any] = [
             order.id,
@@ -172,9 +174,7 @@ class PostgresOrderStore:
         rows = await self._db.fetch(_GET, [order_id])
         return _row_to_order(rows[0]) if rows else None
 
-    async def list_page(
-        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None
-    ) -> list[Order]:
+    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         if status is None:
             if before_id is None:
                 rows = await self._db.fetch(_LIST_FIRST, [limit])

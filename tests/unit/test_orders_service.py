@@ -24,9 +24,7 @@ async def test_create_starts_pending_at_version_one_and_emits_created() -> None:
     assert (order.product, order.quantity, order.status, order.version) == ("book", 2, OrderStatus.PENDING, 1)
     assert order.created_at == order.updated_at
     assert not result.replayed
-    assert [(e.type, e.order.id, e.request_id) for e in store.outbox] == [
-        (EventType.CREATED, order.id, "req-1")
-    ]
+    assert [(e.type, e.order.id, e.request_id) for e in store.outbox] == [(EventType.CREATED, order.id, "req-1")]
 
 
 @pytest.mark.parametrize(
@@ -42,9 +40,7 @@ async def test_create_starts_pending_at_version_one_and_emits_created() -> None:
         ("ok", 2**63, ["quantity"]),
     ],
 )
-async def test_create_rejects_invalid_input_naming_fields(
-    product: str, quantity: int, fields: list[str]
-) -> None:
+async def test_create_rejects_invalid_input_naming_fields(product: str, quantity: int, fields: list[str]) -> None:
     service, store, _ = make_service()
     with pytest.raises(ValidationFailed) as caught:
         await service.create(product, quantity)
