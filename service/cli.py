@@ -109,10 +109,25 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, so a killed supervisor leaves no orphans."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        raise SystemExit(0)
+
+
 def cmd_role(args: argparse.Namespace) -> int:
     from service.observability.logging import configure_logging
     from service.roles import ROLE_RUNNERS
 
+    _stop_with_parent()
     settings = _settings_or_exit()
     configure_logging(settings.log_level, role=args.role)
     ROLE_RUNNERS[args.role](settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -41,7 +42,11 @@ class Supervisor:
 
     def _start(self, child: RoleProcess) -> None:
         env = {**self._env, "ORDERS_ROLE_INDEX": str(child.index)}
-        child.process = subprocess.Popen([sys.executable, "-m", "service", "role", child.role], env=env)
+        # Its own process group, so that the role's own children (granian workers) can be
+        # cleaned up with it if the role process dies.
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "role", child.role], env=env, start_new_session=True
+        )
         child.started_at = time.monotonic()
         log.info("role process started", extra={"child": child.name, "pid": child.process.pid})
 
@@ -73,6 +78,8 @@ class Supervisor:
                 continue
             child.restarts += 1
             child.history.append(code)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # orphaned workers would hold the port
             # Back off when a role keeps dying right after start, so a broken config cannot spin.
             lived = now - child.started_at
             delay = 0.5 if lived > 10 else min(_MAX_RESTART_DELAY, 0.5 * 2 ** min(child.restarts, 6))
