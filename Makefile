@@ -1,0 +1,50 @@
+# orders-service developer commands. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the service (REST :8080, gRPC :9090); uses local PostgreSQL/Redis or starts embedded ones.
+run: $(STAMP)
+	$(BIN)/orders-service serve
+
+## The whole test suite (unit, integration, e2e, benchmarks as tests).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check service native tests benchmarks scripts
+	$(BIN)/ruff format --check service native tests benchmarks scripts
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format service native tests benchmarks scripts
+	$(BIN)/ruff check --fix service native tests benchmarks scripts
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+migrate: $(STAMP)
+	$(BIN)/orders-service migrate
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
