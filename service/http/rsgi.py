@@ -32,6 +32,28 @@ async def read_body(proto: Any, content_length: str | None, limit: int) -> tuple
     return b"".join(chunks), False
 
 
+UNDECODABLE = "\ufffd"
+
+
+class RsgiHeaders:
+    """granian's headers, but a header whose value granian cannot decode reads as U+FFFD.
+
+    granian answers None for such a value, which would otherwise look like an absent header and
+    silently drop an If-Match or Idempotency-Key; U+FFFD fails every header's validation instead.
+    """
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._headers.get(key)
+        if value is None:
+            return UNDECODABLE if key in self._headers else default
+        return value
+
+
 class RsgiApp:
     def __init__(self) -> None:
         self.api: RestApi | None = None
@@ -53,7 +75,7 @@ class RsgiApp:
             return
         api = self.api
         assert api is not None
-        headers = scope.headers
+        headers = RsgiHeaders(scope.headers)
         body = b""
         too_large = False
         if scope.method in ("POST", "PUT", "PATCH"):

@@ -335,3 +335,13 @@ def test_ready_names_a_failing_redis(start_service) -> None:  # type: ignore[no-
     assert ready.status_code == 503
     assert ready.json()["checks"]["postgres"] == "ok"
     assert ready.json()["checks"]["redis"].startswith("failed")
+
+
+def test_undecodable_header_values_are_rejected_not_ignored(api: httpx.Client) -> None:
+    order = create(api).json()
+    url = f"/orders/{order['id']}"
+    response = api.put(url, json={"product": "a", "quantity": 2}, headers={b"if-match": '"ü"'.encode()})
+    assert_problem(response, 400, "If-Match")
+    assert api.get(url).json()["version"] == 1
+    generated = api.get("/health", headers={b"x-request-id": b"\xff\xfe"}).headers["x-request-id"]
+    assert generated.isascii()
