@@ -11,7 +11,14 @@ log = logging.getLogger(__name__)
 
 def run_http(settings: Settings) -> None:
     from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
     from granian.server import Server
+
+    # granian's own lines (worker spawn/stop) go through the service's JSON handler too.
+    json_logging = {
+        "handlers": {"json": {"()": "service.observability.logging.JsonLineHandler"}},
+        "loggers": {"_granian": {"handlers": ["json"], "propagate": False}},
+    }
 
     server = Server(
         "service.http.rsgi:app",
@@ -24,6 +31,8 @@ def run_http(settings: Settings) -> None:
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
         log_enabled=True,
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig=json_logging,
         log_access=False,
     )
     server.serve()
