@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean
+.PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean \
+	loadtest-create loadtest-mixed loadtest-duration
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,17 @@ proto: $(STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/orders-service migrate
+
+## Load tests against a running service (LOADTEST_URL, default http://127.0.0.1:8080).
+LOADTEST_ARGS ?=
+loadtest-create: $(STAMP)
+	$(BIN)/python -m benchmarks.load --scenario create --requests 20000 --concurrency 32 $(LOADTEST_ARGS)
+
+loadtest-mixed: $(STAMP)
+	$(BIN)/python -m benchmarks.load --scenario mixed --requests 50000 --concurrency 32 $(LOADTEST_ARGS)
+
+loadtest-duration: $(STAMP)
+	$(BIN)/python -m benchmarks.load --scenario mixed --duration $${DURATION:-30} --concurrency 32 $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -134,6 +134,19 @@ def cmd_role(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "benchmarks" / "load.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from benchmarks.load import main as loadtest_main
+    except ImportError:
+        print("orders-service loadtest: run it from a source checkout (benchmarks/ is not installed)", file=sys.stderr)
+        return 2
+    code: int = loadtest_main(args.loadtest_args)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orders-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,10 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     role = commands.add_parser("role", help="internal: run one role process (started by serve)")
     role.add_argument("role", choices=["http", "grpc", "worker"])
     role.set_defaults(func=cmd_role)
+    loadtest = commands.add_parser("loadtest", help="drive load at a running service (see --help)", add_help=False)
+    loadtest.add_argument("loadtest_args", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=cmd_loadtest)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:  # its options belong to the load-test tool's own parser
+        return cmd_loadtest(argparse.Namespace(loadtest_args=argv[1:]))
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
