@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ proto: $(STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/orders-service migrate
+
+## Micro-benchmarks (pytest-codspeed walltime locally; CI runs them under CodSpeed's action).
+BENCH_ARGS ?= --codspeed-max-time 1 --codspeed-warmup-time 0.2
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks/ -q --codspeed --codspeed-mode walltime $(BENCH_ARGS)
+
+bench-save: bench
+	$(BIN)/python -m benchmarks.compare save
+
+bench-compare: bench
+	$(BIN)/python -m benchmarks.compare compare
 
 ## Load tests against a running service (LOADTEST_URL, default http://127.0.0.1:8080).
 LOADTEST_ARGS ?=
