@@ -14,6 +14,7 @@ import msgspec
 
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.ports import Decide, DecideRemoval, ExistingClaim
+from service.store.coalesce import Coalescer
 from service.store.database import Database
 
 _CREATE = """
@@ -45,6 +46,17 @@ WITH claim AS (
 SELECT count(*) FROM claim
 """
 
+# Creates without an idempotency key that arrive in the same loop turn: one statement, still one
+# order row and one outbox row per create, all committed together.
+_CREATE_MANY = """
+WITH new_orders AS (
+    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+)
+INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
+SELECT * FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[]::jsonb[], $11::text[], $12::text[], $13::timestamptz[])
+"""
+
 _EXISTING_CLAIM = """
 SELECT fingerprint, response::text FROM idempotency_keys WHERE key = $1 AND expires_at > $2
 """
@@ -53,7 +65,7 @@ _GET_FOR_UPDATE = (
     "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1 FOR UPDATE"
 )
 
-_GET = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1"
+_GET_MANY = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = ANY($1)"
 
 _LIST_FIRST = (
     "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
@@ -121,6 +133,20 @@ def _event_params(event: OrderEvent) -> list[Any]:
     ]
 
 
+def _create_params(order: Order, event: OrderEvent) -> list[Any]:
+    """$1..$13 of _CREATE (and, as columns, of _CREATE_MANY)."""
+    return [
+        order.id,
+        order.product,
+        order.quantity,
+        order.status.value,
+        order.version,
+        order.created_at,
+        order.updated_at,
+        *_event_params(event),
+    ]
+
+
 def _update_params(order: Order, expected_version: int, event: OrderEvent) -> list[Any]:
     return [
         order.id,
@@ -137,27 +163,31 @@ def _update_params(order: Order, expected_version: int, event: OrderEvent) -> li
 class PostgresOrderStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(self._get_many)
+        self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(self._create_many)
+
+    async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
+        rows = await self._db.fetch(_GET_MANY, [ids])
+        found = {order.id: order for order in map(_row_to_order, rows)}
+        return [found.get(order_id) for order_id in ids]
+
+    async def _create_many(self, batch: list[tuple[Order, OrderEvent]]) -> list[None]:
+        if len(batch) == 1:
+            order, event = batch[0]
+            await self._db.fetch(_CREATE, _create_params(order, event))
+            return [None]
+        columns: list[list[Any]] = [[] for _ in range(13)]
+        for order, event in batch:
+            for column, value in zip(columns, _create_params(order, event), strict=True):
+                column.append(value)
+        await self._db.fetch(_CREATE_MANY, columns)
+        return [None] * len(batch)
 
     async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
-        event_id, event_type, payload, request_id, traceparent, occurred_at = _event_params(event)
-        params: list[Any] = [
-            order.id,
-            order.product,
-            order.quantity,
-            order.status.value,
-            order.version,
-            order.created_at,
-            order.updated_at,
-            event_id,
-            event_type,
-            payload,
-            request_id,
-            traceparent,
-            occurred_at,
-        ]
         if claim is None:
-            await self._db.fetch(_CREATE, params)
+            await self._creates.submit((order, event))
             return order
+        params = _create_params(order, event)
         params += [claim.key, claim.fingerprint, claim.expires_at]
         # Two rounds at most: a live key can expire and be purged between the two statements.
         for _ in range(2):
@@ -171,8 +201,7 @@ class PostgresOrderStore:
         raise RuntimeError("idempotency key neither claimable nor readable")
 
     async def get(self, order_id: uuid.UUID) -> Order | None:
-        rows = await self._db.fetch(_GET, [order_id])
-        return _row_to_order(rows[0]) if rows else None
+        return await self._reads.submit(order_id)
 
     async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         if status is None:
