@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import select
 import sys
 import time
 from typing import Any
@@ -45,24 +47,56 @@ def format_record(record: logging.LogRecord) -> bytes:
 
 
 class JsonLineHandler(logging.Handler):
-    """Writes each record as one JSON line with a single write call (lines never interleave)."""
+    """Writes each record as one JSON line; lines never interleave with other processes' lines.
+
+    Inside a running event loop, the lines of one loop turn are written together at its end
+    (one write per turn instead of one per line); elsewhere each line is written at once. Every
+    write is at most PIPE_BUF bytes of whole lines, which the kernel keeps in one piece.
+    """
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__()
         self._stream = stream if stream is not None else sys.stdout
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = format_record(record)
-            buffer = getattr(self._stream, "buffer", None)
-            if buffer is not None:
-                buffer.write(data)
-                buffer.flush()
-            else:
-                self._stream.write(data.decode())
-                self._stream.flush()
+            self._pending.append(format_record(record))
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                self.flush()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self.flush)
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        chunk = b""
+        for line in lines:
+            if chunk and len(chunk) + len(line) > select.PIPE_BUF:
+                self._write(chunk)
+                chunk = b""
+            chunk += line
+        self._write(chunk)
+
+    def _write(self, data: bytes) -> None:
+        buffer = getattr(self._stream, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            self._stream.write(data.decode())
+            self._stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
 
 
 def configure_logging(level: str, role: str | None = None) -> None:
