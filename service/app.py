@@ -12,6 +12,7 @@ from service.config import Settings
 from service.cursor import CursorCodec
 from service.http.core import RestApi
 from service.http.openapi import openapi_bytes
+from service.observability.metrics import PrometheusMetrics
 from service.orders import OrderService
 from service.store.database import Database
 from service.store.postgres import PostgresOrderStore
@@ -72,4 +73,5 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         json_endpoints={"/metrics/db": pool_figures},
         openapi_document=openapi_bytes(),
         max_body_bytes=settings.max_body_bytes,
+        metrics=PrometheusMetrics(),
     )

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from service.config import ConfigError, Settings, load_settings, redact_url
@@ -74,10 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "http_port": settings.port,
         },
     )
+    metrics_dir = None
     try:
         if settings.migrate_on_start:
             _migrate(settings)
         env = dict(os.environ)
+        metrics_dir = tempfile.mkdtemp(prefix="orders-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         env["DATABASE_URL"] = settings.database_url or ""
         env["REDIS_URL"] = settings.redis_url or ""
         env["ROLES"] = ",".join(settings.roles)
@@ -91,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         role_counts = {role: counts[role] for role in settings.roles if role in ROLE_RUNNERS}
         return Supervisor(role_counts, env, settings.shutdown_timeout).run()
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if services is not None:
             services.stop()  # type: ignore[attr-defined]
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.observability.metrics import mark_process_dead
+
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
@@ -80,6 +82,7 @@ class Supervisor:
             child.history.append(code)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # orphaned workers would hold the port
+            mark_process_dead(process.pid)
             # Back off when a role keeps dying right after start, so a broken config cannot spin.
             lived = now - child.started_at
             delay = 0.5 if lived > 10 else min(_MAX_RESTART_DELAY, 0.5 * 2 ** min(child.restarts, 6))

@@ -50,6 +50,23 @@ class HttpResponse(msgspec.Struct):
     body: bytes = b""
 
 
+class HttpMetrics(Protocol):
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None: ...
+
+    async def render(self) -> tuple[str, bytes]:
+        """Content type and body of the metrics exposition."""
+        ...
+
+
+class NoMetrics:
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        return None
+
+    async def render(self) -> tuple[str, bytes]:
+        return "text/plain; version=0.0.4", b""
+
+
+Handler = Callable[["HttpRequest", str, str], Awaitable["HttpResponse"]]
 ReadinessCheck = Callable[[], Awaitable[None]]
 JsonSource = Callable[[], Awaitable[bytes]]
 
@@ -88,71 +105,92 @@ class RestApi:
         openapi_document: bytes,
         max_body_bytes: int,
         readiness_timeout: float = 2.0,
+        metrics: HttpMetrics | None = None,
     ) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self._readiness_checks = dict(readiness_checks)
-        self._json_endpoints = dict(json_endpoints)
         self._openapi = openapi_document
         self._readiness_timeout = readiness_timeout
+        self._metrics: HttpMetrics = metrics if metrics is not None else NoMetrics()
+        self._order_routes: dict[str, Handler] = {"GET": self._get, "PUT": self._update, "DELETE": self._delete}
+        self._static_routes: dict[str, dict[str, Handler]] = {
+            "/orders": {"GET": self._list, "POST": self._create},
+            "/health": {"GET": self._health},
+            "/ready": {"GET": self._ready},
+            "/openapi.json": {"GET": self._openapi_document},
+            "/metrics": {"GET": self._prometheus},
+            **{path: {"GET": self._json_route(source)} for path, source in json_endpoints.items()},
+        }
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         incoming_id = request.headers.get("x-request-id")
         request_id = str(incoming_id) if valid_request_id(incoming_id) else str(uuid_utils.uuid4())
         token = request_id_var.set(request_id)
+        template, methods, param = self._match(request.path)
         try:
             try:
-                response = await self._dispatch(request, request_id)
+                handler = methods.get(request.method) if methods is not None else None
+                if handler is not None:
+                    response = await handler(request, request_id, param)
+                elif methods is None:
+                    raise HttpError(404, "not-found", "Not found", f"no route for {request.path}")
+                else:
+                    allow = ", ".join(methods)
+                    raise HttpError(
+                        405,
+                        "method-not-allowed",
+                        "Method not allowed",
+                        f"allowed methods: {allow}",
+                        headers=[("allow", allow)],
+                    )
             except Exception as exc:  # every failure becomes a problem response
                 status, headers, body = problem_for(exc, request_id)
                 response = HttpResponse(status, [("content-type", PROBLEM_CONTENT_TYPE), *headers], body)
             response.headers.append(("x-request-id", request_id))
+            elapsed = time.perf_counter() - started
+            self._metrics.observe_http(template, request.method, response.status, elapsed)
             access_log.info(
                 "request",
                 extra={
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                 },
             )
             return response
         finally:
             request_id_var.reset(token)
 
-    async def _dispatch(self, request: HttpRequest, request_id: str) -> HttpResponse:
-        path = request.path
-        method = request.method
-        if path == "/orders":
-            if method == "GET":
-                return await self._list(request)
-            if method == "POST":
-                return await self._create(request, request_id)
-            raise _method_not_allowed("GET, POST")
+    def _match(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
+        """Route template (never a raw id: it labels metrics), its handlers by method, path param."""
+        methods = self._static_routes.get(path)
+        if methods is not None:
+            return path, methods, ""
         if path.startswith("/orders/") and path.count("/") == 2 and len(path) > 8:
-            order_id = path[8:]
-            if method == "GET":
-                return self._order_response(200, await self.service.get(order_id))
-            if method == "PUT":
-                return await self._update(request, order_id, request_id)
-            if method == "DELETE":
-                return await self._delete(request, order_id, request_id)
-            raise _method_not_allowed("GET, PUT, DELETE")
-        if path == "/health":
-            _only_get(method)
-            return HttpResponse(200, [("content-type", JSON)], _HEALTH_BODY)
-        if path == "/ready":
-            _only_get(method)
-            return await self._ready()
-        if path == "/openapi.json":
-            _only_get(method)
-            return HttpResponse(200, [("content-type", JSON)], self._openapi)
-        source = self._json_endpoints.get(path)
-        if source is not None:
-            _only_get(method)
+            return "/orders/{id}", self._order_routes, path[8:]
+        return "unmatched", None, ""
+
+    async def _get(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
+        return self._order_response(200, await self.service.get(order_id))
+
+    async def _health(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+        return HttpResponse(200, [("content-type", JSON)], _HEALTH_BODY)
+
+    async def _openapi_document(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+        return HttpResponse(200, [("content-type", JSON)], self._openapi)
+
+    async def _prometheus(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+        content_type, body = await self._metrics.render()
+        return HttpResponse(200, [("content-type", content_type)], body)
+
+    def _json_route(self, source: JsonSource) -> Handler:
+        async def handler(request: HttpRequest, request_id: str, param: str) -> HttpResponse:
             return HttpResponse(200, [("content-type", JSON)], await source())
-        raise HttpError(404, "not-found", "Not found", f"no route for {path}")
+
+        return handler
 
     def _body(self, request: HttpRequest) -> bytes:
         if request.body_too_large:
@@ -180,7 +218,7 @@ class RestApi:
             headers.extend(extra)
         return HttpResponse(status, headers, _encode(order))
 
-    async def _create(self, request: HttpRequest, request_id: str) -> HttpResponse:
+    async def _create(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
         body = self._body(request)
         try:
             command = _decode_create(body)
@@ -197,7 +235,7 @@ class RestApi:
             extra.append(("idempotent-replayed", "true"))
         return self._order_response(201, result.order, extra)
 
-    async def _list(self, request: HttpRequest) -> HttpResponse:
+    async def _list(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
         params = dict(parse_qsl(request.query_string, keep_blank_values=True))
         limit = None
         raw_limit = params.get("limit")
@@ -215,7 +253,7 @@ class RestApi:
             headers.append(("link", f'</orders?{query}>; rel="next"'))
         return HttpResponse(200, headers, _encode(page.orders))
 
-    async def _update(self, request: HttpRequest, order_id: str, request_id: str) -> HttpResponse:
+    async def _update(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
         expected = parse_if_match(request.headers.get("if-match"))
         body = self._body(request)
         try:
@@ -232,7 +270,7 @@ class RestApi:
         )
         return self._order_response(200, order)
 
-    async def _delete(self, request: HttpRequest, order_id: str, request_id: str) -> HttpResponse:
+    async def _delete(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
         expected = parse_if_match(request.headers.get("if-match"))
         await self.service.delete(
             order_id,
@@ -241,7 +279,7 @@ class RestApi:
         )
         return HttpResponse(204, [])
 
-    async def _ready(self) -> HttpResponse:
+    async def _ready(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
         checks: dict[str, str] = {}
         for name, check in self._readiness_checks.items():
             try:
@@ -255,18 +293,3 @@ class RestApi:
         if not ok:
             headers.append(("retry-after", "1"))
         return HttpResponse(200 if ok else 503, headers, body)
-
-
-def _method_not_allowed(allow: str) -> HttpError:
-    return HttpError(
-        405,
-        "method-not-allowed",
-        "Method not allowed",
-        f"allowed methods: {allow}",
-        headers=[("allow", allow)],
-    )
-
-
-def _only_get(method: str) -> None:
-    if method != "GET":
-        raise _method_not_allowed("GET")

@@ -10,6 +10,7 @@ from service.app import Resources, build_rest_api
 from service.config import load_settings
 from service.http.core import HttpRequest, RestApi
 from service.observability.logging import configure_logging
+from service.observability.metrics import PoolGauges, publish_periodically
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class RsgiApp:
         configure_logging(settings.log_level, role="http")
         self._resources = Resources(settings, role="http")
         self.api = build_rest_api(settings, self._resources)
+        publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._resources is not None:
