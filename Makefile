@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare \
+	pprof-cpu pprof-dump pprof-web
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +69,23 @@ loadtest-mixed: $(STAMP)
 
 loadtest-duration: $(STAMP)
 	$(BIN)/python -m benchmarks.load --scenario mixed --duration $${DURATION:-30} --concurrency 32 $(LOADTEST_ARGS)
+
+## Live profiling through the running service's admin port (PPROF_PORT, default 6060).
+PPROF_URL ?= http://127.0.0.1:$${PPROF_PORT:-6060}
+PPROF_SECONDS ?= 30
+pprof-cpu:
+	mkdir -p profiles
+	curl -fsS -o profiles/cpu-$$(date +%Y%m%dT%H%M%S).svg "$(PPROF_URL)/debug/pprof/profile?seconds=$(PPROF_SECONDS)$${PID:+&pid=$$PID}"
+	ls -t profiles/*.svg | head -1
+
+pprof-dump:
+	curl -fsS "$(PPROF_URL)/debug/pprof/dump$${PID:+?pid=$$PID}"
+
+pprof-web:
+	mkdir -p profiles
+	curl -fsS -o profiles/cpu.speedscope.json "$(PPROF_URL)/debug/pprof/profile?seconds=$(PPROF_SECONDS)&format=speedscope$${PID:+&pid=$$PID}"
+	@if command -v npx >/dev/null 2>&1; then npx --yes speedscope profiles/cpu.speedscope.json; \
+	else echo "open profiles/cpu.speedscope.json in https://www.speedscope.app"; fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -94,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from service.roles import ROLE_RUNNERS
 
         role_counts = {role: counts[role] for role in settings.roles if role in ROLE_RUNNERS}
-        return Supervisor(role_counts, env, settings.shutdown_timeout).run()
+        admin = (settings.admin_bind, settings.pprof_port) if settings.pprof_port else None
+        return Supervisor(role_counts, env, settings.shutdown_timeout).run(admin=admin)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

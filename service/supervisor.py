@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.observability.admin import AdminServer, ProcessInfo, Profiler, children_of, started_at
 from service.observability.metrics import mark_process_dead
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Supervisor:
         self._env = dict(env)
         self._shutdown_timeout = shutdown_timeout
         self._stopping = False
+        self._started_at = time.time()
         self.children = [RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)]
 
     def _start(self, child: RoleProcess) -> None:
@@ -57,15 +59,35 @@ class Supervisor:
             log.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
         self._stopping = True
 
-    def run(self) -> int:
+    def processes(self) -> list[ProcessInfo]:
+        """The supervisor, each running role process and their own children (e.g. granian workers)."""
+        found = [ProcessInfo("supervisor", os.getpid(), self._started_at)]
+        for child in self.children:
+            process = child.process
+            if process is None or process.poll() is not None:
+                continue
+            found.append(ProcessInfo(child.role, process.pid, started_at(process.pid)))
+            found.extend(ProcessInfo(f"{child.role}-worker", pid, started_at(pid)) for pid in children_of(process.pid))
+        return found
+
+    def run(self, admin: tuple[str, int] | None = None) -> int:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
+        server = None
+        if admin is not None:
+            server = AdminServer(admin[0], admin[1], Profiler(self.processes, os.getpid()))
+            server.start()
+            log.info("admin port listening", extra={"bind": admin[0], "port": server.port})
         for child in self.children:
             self._start(child)
-        while not self._stopping:
-            self._watch()
-            time.sleep(_POLL_SECONDS)
-        return self._stop_all()
+        try:
+            while not self._stopping:
+                self._watch()
+                time.sleep(_POLL_SECONDS)
+            return self._stop_all()
+        finally:
+            if server is not None:
+                server.stop()
 
     def _watch(self) -> None:
         now = time.monotonic()
