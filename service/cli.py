@@ -138,6 +138,9 @@ def cmd_role(args: argparse.Namespace) -> int:
     _stop_with_parent()
     settings = _settings_or_exit()
     configure_logging(settings.log_level, role=args.role)
+    import native
+
+    log.info("role process starting", extra={"native": native.ACTIVE, "pid": os.getpid()})
     ROLE_RUNNERS[args.role](settings)
     return 0
 

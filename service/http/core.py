@@ -7,7 +7,6 @@ request into `HttpRequest` and `HttpResponse` back; no rule or error mapping liv
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -19,10 +18,8 @@ import uuid_utils
 from service.domain import Order
 from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
-from service.observability.logging import request_id_var
+from service.observability.logging import log_access, request_id_var
 from service.orders import OrderService, RequestContext
-
-access_log = logging.getLogger("orders.access")
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -151,15 +148,7 @@ class RestApi:
             response.headers.append(("x-request-id", request_id))
             elapsed = time.perf_counter() - started
             self._metrics.observe_http(template, request.method, response.status, elapsed)
-            access_log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
-            )
+            log_access(request.method, request.path, response.status, elapsed)
             return response
         finally:
             request_id_var.reset(token)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from native import parse_uuid
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.coalesce import Coalescer
@@ -110,12 +111,15 @@ _encode_json = msgspec.json.Encoder().encode
 _decode_order = msgspec.json.Decoder(Order).decode
 
 
+_STATUS_BY_TEXT = {status.value: status for status in OrderStatus}
+
+
 def _row_to_order(row: tuple[Any, ...]) -> Order:
     return Order(
-        id=uuid.UUID(row[0]),
+        id=parse_uuid(row[0]),
         product=row[1],
         quantity=row[2],
-        status=OrderStatus(row[3]),
+        status=_STATUS_BY_TEXT[row[3]],
         version=row[4],
         created_at=row[5],
         updated_at=row[6],
