@@ -26,19 +26,22 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 def _resolve_dependencies(settings: Settings) -> tuple[Settings, object | None]:
     """Fill DATABASE_URL/REDIS_URL from local servers or embedded ones when unset."""
-    if settings.database_url and settings.redis_url:
+    force_embedded = os.environ.get("ORDERS_EMBEDDED", "") in ("1", "true")
+    if settings.database_url and settings.redis_url and not force_embedded:
         return settings, None
     from service.devservers import resolve_services
 
-    services = resolve_services(Path(settings.data_dir), database_name="orders")
+    services = resolve_services(
+        Path(settings.data_dir).resolve(), database_name="orders", force_embedded=force_embedded
+    )
     if services.embedded:
         log.info("embedded servers started", extra={"embedded": services.embedded})
     import msgspec
 
     resolved = msgspec.structs.replace(
         settings,
-        database_url=settings.database_url or services.database_url,
-        redis_url=settings.redis_url or services.redis_url,
+        database_url=services.database_url if force_embedded else settings.database_url or services.database_url,
+        redis_url=services.redis_url if force_embedded else settings.redis_url or services.redis_url,
     )
     return resolved, services
 

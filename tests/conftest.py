@@ -42,7 +42,7 @@ def test_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServ
     if not database_url or not redis_url:
         from service.devservers import resolve_services
 
-        embedded = resolve_services(tmp_path_factory.mktemp("embedded"), database_name="test")
+        embedded = resolve_services(tmp_path_factory.mktemp("embedded"), database_name="test", persistent=False)
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     try:
