@@ -144,10 +144,11 @@ class GrpcDriver:
 
     def connection(self) -> object:
         import grpc
+
         from service.grpc.pb import orders_pb2_grpc
 
         channel = grpc.aio.insecure_channel(self.target)
-        return orders_pb2_grpc.OrderServiceStub(channel)
+        return orders_pb2_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def _call(self, call: Awaitable[object]) -> object:
         import grpc

@@ -13,12 +13,11 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
 
 import msgspec
-import uuid_utils
 
 from service.domain import Order
 from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
-from service.observability.logging import log_access, request_id_var
+from service.observability.logging import accept_request_id, log_access, request_id_var
 from service.orders import OrderService, RequestContext
 
 JSON = "application/json"
@@ -66,10 +65,6 @@ class NoMetrics:
 Handler = Callable[["HttpRequest", str, str], Awaitable["HttpResponse"]]
 ReadinessCheck = Callable[[], Awaitable[None]]
 JsonSource = Callable[[], Awaitable[bytes]]
-
-
-def valid_request_id(raw: str | None) -> bool:
-    return raw is not None and 1 <= len(raw) <= 128 and all(33 <= ord(c) <= 126 for c in raw)
 
 
 def parse_if_match(raw: str | None) -> int | None:
@@ -122,8 +117,7 @@ class RestApi:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        incoming_id = request.headers.get("x-request-id")
-        request_id = str(incoming_id) if valid_request_id(incoming_id) else str(uuid_utils.uuid4())
+        request_id = accept_request_id(request.headers.get("x-request-id"))
         token = request_id_var.set(request_id)
         template, methods, param = self._match(request.path)
         try:

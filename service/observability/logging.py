@@ -11,11 +11,20 @@ import time
 from typing import Any
 
 import msgspec
+import uuid_utils
 
 import native
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 role_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("role", default=None)
+
+
+def accept_request_id(raw: str | None) -> str:
+    """The client's request id when it is 1..128 visible ASCII characters, else a new one."""
+    if raw is not None and 1 <= len(raw) <= 128 and all(33 <= ord(c) <= 126 for c in raw):
+        return raw
+    return str(uuid_utils.uuid4())
+
 
 # Attributes every LogRecord has; anything else passed with `extra=` goes into the JSON line.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

@@ -1,0 +1,1 @@
+"""gRPC transport: protobuf <-> service calls, status codes, health and reflection."""

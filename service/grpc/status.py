@@ -1,0 +1,57 @@
+"""Maps every failure of a call to a gRPC status. The only place that does; never UNKNOWN."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.domain import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    OrderNotFound,
+    StoreUnavailable,
+    ValidationFailed,
+    VersionMismatch,
+)
+from service.grpc.convert import FIELD_NAMES
+
+log = logging.getLogger(__name__)
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (OrderNotFound, grpc.StatusCode.NOT_FOUND),
+    (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
+    (IdempotencyKeyReused, grpc.StatusCode.FAILED_PRECONDITION),
+    (VersionMismatch, grpc.StatusCode.ABORTED),
+    (IdempotencyInProgress, grpc.StatusCode.ABORTED),
+]
+
+
+def status_for(exc: BaseException, request_id: str) -> grpc.Status:
+    if isinstance(exc, ValidationFailed):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=FIELD_NAMES.get(v.field, v.field), description=v.message)
+            for v in exc.violations
+        ]
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return rpc_status.to_status(
+            status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+        )
+    if isinstance(exc, StoreUnavailable):
+        log.warning("database unavailable: %s", exc)
+        return _plain(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return _plain(code, str(exc))
+    log.error("unhandled error", exc_info=exc)
+    return _plain(grpc.StatusCode.INTERNAL, f"an unexpected error occurred; quote request id {request_id}")
+
+
+def _plain(code: grpc.StatusCode, message: str) -> grpc.Status:
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
