@@ -10,12 +10,16 @@ import redis.asyncio as aioredis
 from service.clock import SystemClock, UuidV7Source
 from service.config import Settings
 from service.cursor import CursorCodec
+from service.events.consumer import Consumer
+from service.events.metrics import EventsMetrics
+from service.events.relay import Relay
+from service.events.stream import StreamNames
 from service.http.core import RestApi
 from service.http.openapi import openapi_bytes
 from service.observability.metrics import PrometheusMetrics
 from service.orders import OrderService
 from service.store.database import Database
-from service.store.postgres import PostgresOrderStore
+from service.store.postgres import PostgresOrderStore, PostgresOutbox
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -54,6 +58,37 @@ def build_service(settings: Settings, db: Database) -> OrderService:
     )
 
 
+def stream_names(settings: Settings) -> StreamNames:
+    return StreamNames(stream=settings.events_stream, group=settings.consumer_group)
+
+
+def build_outbox(settings: Settings, resources: Resources) -> PostgresOutbox:
+    return PostgresOutbox(resources.db, settings.database_url or DEFAULT_DATABASE_URL)
+
+
+def build_relay(settings: Settings, resources: Resources) -> Relay:
+    return Relay(
+        build_outbox(settings, resources),
+        resources.redis,
+        settings.events_stream,
+        maxlen=settings.stream_maxlen,
+        batch_size=settings.relay_batch_size,
+        poll_interval=settings.relay_poll_interval,
+    )
+
+
+def build_consumer(settings: Settings, resources: Resources, service: OrderService) -> Consumer:
+    return Consumer(
+        service,
+        resources.redis,
+        stream_names(settings),
+        claim_idle_ms=settings.claim_idle_ms,
+        max_deliveries=settings.max_deliveries,
+        retry_backoff_ms=settings.retry_backoff_ms,
+        dlq_maxlen=settings.stream_maxlen,
+    )
+
+
 def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
     db = resources.db
     redis_client = resources.redis
@@ -67,11 +102,16 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
     async def pool_figures() -> bytes:
         return msgspec.json.encode(db.stats())
 
+    events_metrics = EventsMetrics(build_outbox(settings, resources), redis_client, stream_names(settings))
+
     return RestApi(
         build_service(settings, db),
         readiness_checks={"postgres": check_postgres, "redis": check_redis},
-        json_endpoints={"/metrics/db": pool_figures},
+        json_endpoints={
+            "/metrics/db": pool_figures,
+            "/metrics/events": events_metrics.json,
+        },
         openapi_document=openapi_bytes(),
         max_body_bytes=settings.max_body_bytes,
-        metrics=PrometheusMetrics(),
+        metrics=PrometheusMetrics(extra=events_metrics.prometheus),
     )

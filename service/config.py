@@ -40,6 +40,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cursor_secret: str = "orders-service-cursor-v1"  # noqa: S105 - tamper check, not a secret
     data_dir: str = ".data"
     max_body_bytes: int = 64 * 1024
+    # events (outbox relay + stream consumer, the worker role)
+    events_stream: str = "orders"
+    stream_maxlen: int = 1_000_000
+    consumer_group: str = "order-processors"
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    retry_backoff_ms: int = 1000
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 1.0
+    purge_interval: float = 60.0
 
 
 def redact_url(url: str | None) -> str | None:
@@ -144,6 +154,15 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "IDEMPOTENCY_TTL": ("idempotency_ttl_seconds", _int(1, 30 * 86400)),
     "CURSOR_SECRET": ("cursor_secret", _text),
     "DATA_DIR": ("data_dir", _text),
+    "EVENTS_STREAM": ("events_stream", _text),
+    "STREAM_MAXLEN": ("stream_maxlen", _int(1000, 2**62)),
+    "CONSUMER_GROUP": ("consumer_group", _text),
+    "CLAIM_IDLE_MS": ("claim_idle_ms", _int(10, 86_400_000)),
+    "MAX_DELIVERIES": ("max_deliveries", _int(1, 1000)),
+    "RETRY_BACKOFF_MS": ("retry_backoff_ms", _int(10, 3_600_000)),
+    "RELAY_BATCH_SIZE": ("relay_batch_size", _int(1, 10_000)),
+    "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
+    "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)

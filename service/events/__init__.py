@@ -1,0 +1,1 @@
+"""Events: the outbox relay (PostgreSQL -> Redis Stream) and the stream consumer (confirm handler)."""

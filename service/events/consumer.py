@@ -1,0 +1,303 @@
+"""The stream consumer: confirms created orders; retries, takes over and dead-letters entries.
+
+Consumer group `order-processors` (created with MKSTREAM from the start of the stream, so nothing
+published before the group existed is skipped). Each process is one consumer (hostname-pid).
+
+- New entries: XREADGROUP `>`; entries of different orders are handled concurrently, the
+  entries of one order in stream order. Success -> XACK.
+- A failed entry stays pending (not acked) and is retried by this consumer after a backoff
+  (RETRY_BACKOFF_MS doubled per delivery, at most CLAIM_IDLE_MS) via XCLAIM.
+- Entries pending longer than CLAIM_IDLE_MS in any consumer (one that died) are taken over
+  with XAUTOCLAIM.
+- An entry whose delivery count exceeds MAX_DELIVERIES, or that fails on its MAX_DELIVERIES-th
+  delivery, is written to `<stream>.dlq` (original fields + error, original_id, deliveries) and
+  acked, atomically (MULTI).
+- PostgreSQL unavailable is not the entry's fault: the entry in hand is retried in place with
+  backoff (its idle time refreshed with XCLAIM JUSTID so no one takes it over) until it succeeds
+  or the worker stops; it does not count towards MAX_DELIVERIES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from service.domain import EventType, StoreUnavailable
+from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
+from service.observability.logging import request_id_var
+from service.orders import OrderService, RequestContext
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 100
+READ_BLOCK_MS = 1000
+CLAIM_COUNT = 100
+
+
+class _OrderRef(msgspec.Struct):
+    id: uuid.UUID
+
+
+_decode_ref = msgspec.json.Decoder(_OrderRef).decode
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Entry(msgspec.Struct):
+    id: bytes
+    fields: Fields
+    deliveries: int
+
+
+class Consumer:
+    def __init__(
+        self,
+        service: OrderService,
+        redis: aioredis.Redis,
+        names: StreamNames,
+        *,
+        claim_idle_ms: int,
+        max_deliveries: int,
+        retry_backoff_ms: int = 1000,
+        dlq_maxlen: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._service = service
+        self._redis = redis
+        self._names = names
+        self._claim_idle_ms = claim_idle_ms
+        self._max_deliveries = max_deliveries
+        self._retry_backoff_ms = retry_backoff_ms
+        self._dlq_maxlen = dlq_maxlen
+        self.name = name or consumer_name()
+        self._streak = FailureStreak("Redis (consumer)")
+        self._pg_streak = FailureStreak("PostgreSQL (consumer)")
+        # entry id -> monotonic time of its next retry (entries this consumer failed)
+        self._retry_at: dict[bytes, float] = {}
+        self._autoclaim_cursor = b"0-0"
+        self._next_autoclaim = 0.0
+        self._group_ready = False
+        self.handled_total = 0
+        self.dead_lettered_total = 0
+
+    # ---- loop -----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the entries in hand are finished before returning."""
+        while not stop.is_set():
+            try:
+                if not self._group_ready:
+                    await self.ensure_group()
+                await self._round(stop)
+                self._streak.succeeded()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream or group was deleted: create it again
+                    self._group_ready = False
+                    continue
+                log.exception("consumer round failed")
+                await sleep_unless(stop, self._streak.failed(exc))
+            except (RedisError, OSError) as exc:
+                await sleep_unless(stop, self._streak.failed(exc))
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._names.stream, self._names.group, id="0", mkstream=True)
+            log.info("consumer group created", extra={"stream": self._names.stream, "group": self._names.group})
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _round(self, stop: asyncio.Event) -> None:
+        await self._retry_due(stop)
+        now = time.monotonic()
+        if now >= self._next_autoclaim:
+            self._next_autoclaim = now + max(0.05, min(self._claim_idle_ms / 2000, 5.0))
+            await self._take_over(stop)
+        if stop.is_set():
+            return
+        block = READ_BLOCK_MS
+        if self._retry_at:
+            block = max(10, min(block, int((min(self._retry_at.values()) - time.monotonic()) * 1000)))
+        block = max(10, min(block, int((self._next_autoclaim - time.monotonic()) * 1000)))
+        response: Any = await self._redis.xreadgroup(
+            self._names.group, self.name, {self._names.stream: ">"}, count=READ_COUNT, block=block
+        )
+        entries = [Entry(entry_id, fields, 1) for _, batch in response or () for entry_id, fields in batch if fields]
+        if entries:
+            await self._handle_all(entries, stop)
+
+    async def _retry_due(self, stop: asyncio.Event) -> None:
+        now = time.monotonic()
+        due: list[Any] = [entry_id for entry_id, at in self._retry_at.items() if at <= now]
+        if not due:
+            return
+        for entry_id in due:
+            del self._retry_at[entry_id]
+        claimed = await self._redis.xclaim(self._names.stream, self._names.group, self.name, 0, due)
+        await self._handle_claimed(claimed, stop)
+
+    async def _take_over(self, stop: asyncio.Event) -> None:
+        """XAUTOCLAIM entries idle longer than CLAIM_IDLE_MS in any consumer (one that died)."""
+        result = await self._redis.xautoclaim(
+            self._names.stream,
+            self._names.group,
+            self.name,
+            self._claim_idle_ms,
+            start_id=self._autoclaim_cursor,
+            count=CLAIM_COUNT,
+        )
+        self._autoclaim_cursor = result[0]
+        claimed = result[1]
+        if claimed:
+            log.info("entries taken over", extra={"count": len(claimed), "consumer": self.name})
+            for entry_id, _ in claimed:
+                self._retry_at.pop(entry_id, None)
+        await self._handle_claimed(claimed, stop)
+
+    async def _handle_claimed(self, claimed: Sequence[Any], stop: asyncio.Event) -> None:
+        live = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not live:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in live:
+                pipe.xpending_range(self._names.stream, self._names.group, entry_id, entry_id, 1)
+            pending = await pipe.execute()
+        entries = []
+        for (entry_id, fields), info in zip(live, pending, strict=True):
+            if not info:  # acked meanwhile
+                continue
+            entries.append(Entry(entry_id, fields, int(info[0]["times_delivered"])))
+        await self._handle_all(entries, stop)
+
+    # ---- handling -------------------------------------------------------------------------------
+
+    async def _handle_all(self, entries: list[Entry], stop: asyncio.Event) -> None:
+        """Entries of different orders concurrently; those of one order one after another."""
+        by_order: dict[object, list[Entry]] = {}
+        for entry in entries:
+            key: object
+            try:
+                key = _decode_ref(entry.fields.get(b"payload", b"")).id
+            except msgspec.DecodeError:
+                key = entry.id
+            by_order.setdefault(key, []).append(entry)
+        groups = list(by_order.values())
+        if len(groups) == 1:
+            acks = await self._handle_sequence(groups[0], stop)
+        else:
+            results = await asyncio.gather(*(self._handle_sequence(group, stop) for group in groups))
+            acks = [entry_id for result in results for entry_id in result]
+        if acks:
+            await self._redis.xack(self._names.stream, self._names.group, *acks)
+
+    async def _handle_sequence(self, entries: list[Entry], stop: asyncio.Event) -> list[bytes]:
+        acks: list[bytes] = []
+        for entry in entries:
+            if await self._handle_one(entry, stop):
+                acks.append(entry.id)
+        return acks
+
+    async def _handle_one(self, entry: Entry, stop: asyncio.Event) -> bool:
+        """Handle one entry; True when it may be acked now."""
+        request_id = text(entry.fields, "request_id")
+        token = request_id_var.set(request_id or None)
+        try:
+            if entry.deliveries > self._max_deliveries:
+                await self._dead_letter(entry, "delivered more than MAX_DELIVERIES times without success")
+                return False  # acked by _dead_letter
+            while True:
+                try:
+                    outcome = await self._dispatch(entry, request_id)
+                except StoreUnavailable as exc:
+                    if stop.is_set():
+                        return False  # stays pending; taken over after CLAIM_IDLE_MS
+                    await sleep_unless(stop, self._pg_streak.failed(exc))
+                    await self._keep_claimed(entry)
+                    continue
+                except Exception as exc:
+                    return await self._failed(entry, exc)
+                self._pg_streak.succeeded()
+                break
+            self.handled_total += 1
+            log.info(
+                "event handled",
+                extra={
+                    "event": text(entry.fields, "event"),
+                    "event_id": text(entry.fields, "event_id"),
+                    "entry_id": entry.id.decode(),
+                    "deliveries": entry.deliveries,
+                    "outcome": outcome,
+                },
+            )
+            return True
+        finally:
+            request_id_var.reset(token)
+
+    async def _dispatch(self, entry: Entry, request_id: str) -> str:
+        event = text(entry.fields, "event")
+        if event == EventType.CREATED:
+            order_id = str(_decode_ref(entry.fields.get(b"payload", b"")).id)
+            ctx = RequestContext(request_id=request_id or None, traceparent=text(entry.fields, "traceparent") or None)
+            confirmed = await self._service.confirm(order_id, ctx=ctx)
+            return "confirmed" if confirmed else "not pending"
+        if event in (EventType.UPDATED, EventType.DELETED):
+            return "ignored"
+        log.warning("unknown event type; acking it", extra={"event": event, "entry_id": entry.id.decode()})
+        return "unknown event"
+
+    async def _keep_claimed(self, entry: Entry) -> None:
+        """Reset the entry's idle time (JUSTID: its delivery count stays) while we wait for PostgreSQL."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.xclaim(self._names.stream, self._names.group, self.name, 0, [entry.id], justid=True)
+
+    async def _failed(self, entry: Entry, exc: Exception) -> bool:
+        if entry.deliveries >= self._max_deliveries:
+            await self._dead_letter(entry, repr(exc))
+            return False
+        delay_ms = min(self._retry_backoff_ms * 2 ** (entry.deliveries - 1), self._claim_idle_ms)
+        self._retry_at[entry.id] = time.monotonic() + delay_ms / 1000
+        log.warning(
+            "event handling failed; will retry",
+            extra={
+                "event": text(entry.fields, "event"),
+                "entry_id": entry.id.decode(),
+                "deliveries": entry.deliveries,
+                "retry_in_ms": delay_ms,
+                "error": repr(exc),
+            },
+        )
+        return False
+
+    async def _dead_letter(self, entry: Entry, error: str) -> None:
+        fields: dict[Any, Any] = dict(entry.fields)
+        fields.update({"error": error, "original_id": entry.id, "deliveries": str(entry.deliveries)})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._names.dlq, fields, maxlen=self._dlq_maxlen, approximate=True)
+            pipe.xack(self._names.stream, self._names.group, entry.id)
+            await pipe.execute()
+        self._retry_at.pop(entry.id, None)
+        self.dead_lettered_total += 1
+        log.error(
+            "event dead-lettered",
+            extra={
+                "event": text(entry.fields, "event"),
+                "entry_id": entry.id.decode(),
+                "deliveries": entry.deliveries,
+                "dlq": self._names.dlq,
+                "error": error,
+            },
+        )

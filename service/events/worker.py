@@ -1,0 +1,95 @@
+"""The worker role: outbox relay, stream consumer and idempotency-key purge in one process.
+
+`serve(settings)` runs until SIGTERM/SIGINT, then lets the relay finish its batch (publish and
+mark) and the consumer the entries in hand, closes the pools and returns (exit code 0), all
+within SHUTDOWN_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+
+from service.config import Settings
+from service.domain import StoreUnavailable
+from service.events.stream import sleep_unless
+from service.orders import OrderService
+
+log = logging.getLogger(__name__)
+
+PURGE_BATCH = 1000
+
+
+async def purge_idempotency_keys(service: OrderService, stop: asyncio.Event, interval: float) -> None:
+    """Delete expired idempotency keys in batches, every `interval` seconds."""
+    while not stop.is_set():
+        purged = 0
+        try:
+            while not stop.is_set():
+                count = await service.purge_expired_idempotency_keys(PURGE_BATCH)
+                purged += count
+                if count < PURGE_BATCH:
+                    break
+        except StoreUnavailable as exc:
+            log.warning("idempotency key purge skipped: database unavailable", extra={"error": repr(exc)})
+        except Exception:
+            log.exception("idempotency key purge failed")
+        if purged:
+            log.info("expired idempotency keys purged", extra={"count": purged})
+        await sleep_unless(stop, interval)
+
+
+async def run(settings: Settings) -> int:
+    from service.app import Resources, build_consumer, build_relay, build_service
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    resources = Resources(settings, role="worker")
+    try:
+        service = build_service(settings, resources.db)
+        relay = build_relay(settings, resources)
+        consumer = build_consumer(settings, resources, service)
+        log.info(
+            "worker started",
+            extra={"stream": settings.events_stream, "group": settings.consumer_group, "consumer": consumer.name},
+        )
+        tasks = [
+            asyncio.create_task(relay.run(stop), name="relay"),
+            asyncio.create_task(consumer.run(stop), name="consumer"),
+            asyncio.create_task(purge_idempotency_keys(service, stop, settings.purge_interval), name="purge"),
+        ]
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if stopped not in done:  # a loop ended on its own: that is a bug; stop and let us be restarted
+            log.error("worker task ended unexpectedly", extra={"tasks": [t.get_name() for t in done]})
+            stop.set()
+        log.info("worker stopping")
+        # Leave time to close the pools within the shutdown timeout.
+        _, pending = await asyncio.wait(tasks, timeout=max(0.1, settings.shutdown_timeout - 1.0))
+        for task in pending:
+            log.warning("worker task did not finish in time; cancelling it", extra={"task": task.get_name()})
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        for task in failed:
+            log.error("worker task failed", extra={"task": task.get_name()}, exc_info=task.exception())
+        log.info(
+            "worker stopped",
+            extra={"published_total": relay.published_total, "handled_total": consumer.handled_total},
+        )
+        return 1 if stopped not in done or failed else 0
+    finally:
+        await resources.aclose()
+
+
+def serve(settings: Settings) -> None:
+    """Run the worker role in this process (logging is configured by the caller)."""
+    code = uvloop.run(run(settings))
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,147 @@
+"""The outbox relay against real PostgreSQL and Redis: order, fields, marks, wake-up, one active relay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from service.events.relay import Relay
+from service.orders import OrderService, RequestContext
+from service.store.database import Database
+from service.store.postgres import PostgresOutbox
+from tests.conftest import IsolatedSchema
+
+if TYPE_CHECKING:
+    from tests.conftest import TestServices
+
+
+@pytest.fixture
+async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(test_services.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def stream(redis_client: aioredis.Redis) -> AsyncIterator[str]:
+    name = f"relay-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        await redis_client.delete(name, f"{name}.dlq")
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def make_relay(
+    database: Database, schema: IsolatedSchema, redis_client: aioredis.Redis, stream: str, **kw: object
+) -> Relay:
+    return Relay(PostgresOutbox(database, schema.dsn), redis_client, stream, maxlen=100_000, **kw)  # type: ignore[arg-type]
+
+
+async def test_publishes_in_outbox_order_with_fields_and_marks(
+    pg_service: OrderService, database: Database, schema: IsolatedSchema, redis_client: aioredis.Redis, stream: str
+) -> None:
+    created = [
+        (
+            await pg_service.create(
+                f"p{i}", i + 1, ctx=RequestContext(request_id=f"rid-{i}", traceparent="00-ab-cd-01")
+            )
+        ).order
+        for i in range(3)
+    ]
+    await pg_service.update(str(created[0].id), quantity=9)
+    await pg_service.delete(str(created[1].id))
+    relay = make_relay(database, schema, redis_client, stream, batch_size=2)  # several rounds
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: _length_is(redis_client, stream, 5))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    entries = await redis_client.xrange(stream)
+    outbox = await database.fetch("SELECT event_id, event_type, published_at FROM outbox ORDER BY id")
+    assert [e[1][b"event_id"].decode() for e in entries] == [str(row[0]) for row in outbox]
+    assert [e[1][b"event"] for e in entries] == [
+        b"order.created",
+        b"order.created",
+        b"order.created",
+        b"order.updated",
+        b"order.deleted",
+    ]
+    assert all(row[2] is not None for row in outbox)
+    first = entries[0][1]
+    assert first[b"request_id"] == b"rid-0"
+    assert first[b"traceparent"] == b"00-ab-cd-01"
+    assert first[b"occurred_at"].endswith(b"Z")
+    payload = msgspec.json.decode(first[b"payload"])
+    assert payload["id"] == str(created[0].id)
+    assert payload["status"] == "pending"
+    assert relay.published_total == 5
+
+
+async def _length_is(client: aioredis.Redis, stream: str, n: int) -> bool:
+    return int(await client.xlen(stream)) >= n
+
+
+async def test_notification_wakes_the_relay_without_polling(
+    pg_service: OrderService, database: Database, schema: IsolatedSchema, redis_client: aioredis.Redis, stream: str
+) -> None:
+    relay = make_relay(database, schema, redis_client, stream, poll_interval=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def active() -> bool:
+            return relay.active
+
+        await wait_for(active)
+        await asyncio.sleep(0.3)  # the first (empty) round is done; the relay now sleeps for 60 s
+        await pg_service.create("woken", 1)
+        await wait_for(lambda: _length_is(redis_client, stream, 1), timeout=5.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_only_one_relay_is_active_and_a_standby_takes_over(
+    pg_service: OrderService, database: Database, schema: IsolatedSchema, redis_client: aioredis.Redis, stream: str
+) -> None:
+    relays = [make_relay(database, schema, redis_client, stream, batch_size=50) for _ in range(3)]
+    stops = [asyncio.Event() for _ in relays]
+    tasks = [asyncio.create_task(r.run(s)) for r, s in zip(relays, stops, strict=True)]
+    try:
+        for i in range(0, 300, 30):
+            await asyncio.gather(*(pg_service.create(f"p{j}", 1) for j in range(i, i + 30)))
+        await wait_for(lambda: _length_is(redis_client, stream, 300))
+        assert sum(r.active for r in relays) == 1
+        active = next(i for i, r in enumerate(relays) if r.active)
+        stops[active].set()
+        await asyncio.wait_for(tasks[active], 5)
+        for j in range(100):
+            await pg_service.create(f"later{j}", 1)
+        await wait_for(lambda: _length_is(redis_client, stream, 400))
+        assert sum(r.active for r in relays) == 1
+    finally:
+        for s in stops:
+            s.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    entries = await redis_client.xrange(stream)
+    outbox = await database.fetch("SELECT event_id FROM outbox ORDER BY id")
+    # exactly once each, in outbox order, across the hand-over
+    assert [e[1][b"event_id"].decode() for e in entries] == [str(row[0]) for row in outbox]
