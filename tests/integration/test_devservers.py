@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import psqlpy
+import psutil
 import pytest
 import redis
 
@@ -14,35 +18,109 @@ from service.devservers import ExternalServices, answers, ensure_database, resol
 pytestmark = pytest.mark.embedded
 
 
-async def _query(dsn: str) -> int:
+async def _fetch(dsn: str, sql: str, *statements: str) -> list[tuple[Any, ...]]:
     pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2)
     try:
         conn = await pool.connection()
         try:
-            return int((await conn.execute("SELECT 41 + 1")).result(as_tuple=True)[0][0])
+            for statement in statements:
+                await conn.execute_batch(statement)
+            rows: list[tuple[Any, ...]] = (await conn.execute(sql)).result(as_tuple=True)
+            return rows
         finally:
             conn.close()
     finally:
-        pool.close()
+        pool.close()  # psqlpy aborts the interpreter at exit when a pool is left open
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
+
+
+def _redis_pid(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def test_embedded_postgres_and_redis_really_work(tmp_path: Path) -> None:
-    services = resolve_services(tmp_path, database_name="embedded_check", force_embedded=True, persistent=False)
+    services = resolve_services(tmp_path, database_name="orders_embedded_check", force_embedded=True)
     try:
         assert services.embedded == ["postgres", "redis"]
-        assert asyncio.run(_query(services.database_url)) == 42
+        assert "?host=" in services.database_url  # a Unix socket: nothing listens on TCP
+        rows = asyncio.run(_fetch(services.database_url, "SELECT current_database(), 41 + 1"))
+        assert rows == [("orders_embedded_check", 42)]
+
         client = redis.Redis.from_url(services.redis_url)
-        client.xgroup_create("s", "g", id="0", mkstream=True)
-        entry_id = client.xadd("s", {"event": "order.created"})
-        delivered = client.xreadgroup("g", "c", {"s": ">"}, count=1)
-        assert delivered[0][1][0][0] == entry_id
-        client.close()
-        redis_port = int(services.redis_url.rsplit(":", 1)[1].split("/")[0])
+        try:
+            client.xgroup_create("orders", "projector", id="0", mkstream=True)
+            entry_id = client.xadd("orders", {"event": "order.created"})
+            delivered = client.xreadgroup("projector", "c1", {"orders": ">"}, count=1)
+            assert delivered[0][1][0][0] == entry_id
+            assert delivered[0][1][0][1] == {b"event": b"order.created"}
+            assert client.xack("orders", "projector", entry_id) == 1
+        finally:
+            client.close()
+        postgres_pid, redis_pid = _postmaster_pid(tmp_path), _redis_pid(services.redis_url)
+        assert not _gone(postgres_pid, timeout=0) and not _gone(redis_pid, timeout=0)
     finally:
         services.stop()
     services.stop()  # idempotent
-    assert not answers("127.0.0.1", redis_port)
-    assert not list(tmp_path.glob("postgres/postmaster.pid"))
+    assert services.embedded == ["postgres", "redis"]
+    assert _gone(postgres_pid) and _gone(redis_pid)
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+
+
+def test_embedded_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
+    first = resolve_services(tmp_path, database_name="orders_embedded_check", force_embedded=True)
+    try:
+        asyncio.run(
+            _fetch(
+                first.database_url,
+                "SELECT 1",
+                "CREATE TABLE kept (id int PRIMARY KEY)",
+                "INSERT INTO kept VALUES (7)",
+            )
+        )
+        client = redis.Redis.from_url(first.redis_url)
+        client.xadd("kept", {"n": "1"})
+        client.close()
+        first_pids = (_postmaster_pid(tmp_path), _redis_pid(first.redis_url))
+    finally:
+        first.stop()
+    assert all(_gone(pid) for pid in first_pids)
+
+    # A process that died holding a pgserver handle must not keep later runs from stopping the server.
+    handles = tmp_path / "postgres" / ".handle_pids.json"
+    dead = psutil.Popen(["true"])
+    dead.wait()
+    handles.write_text(json.dumps([dead.pid]))
+
+    second = resolve_services(tmp_path, database_name="orders_embedded_check", force_embedded=True)
+    try:
+        assert asyncio.run(_fetch(second.database_url, "SELECT id FROM kept")) == [(7,)]
+        client = redis.Redis.from_url(second.redis_url)
+        assert client.xlen("kept") == 1
+        client.close()
+        second_pids = (_postmaster_pid(tmp_path), _redis_pid(second.redis_url))
+    finally:
+        second.stop()
+    assert all(_gone(pid) for pid in second_pids)
 
 
 def test_local_servers_are_preferred_when_they_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,23 +128,34 @@ def test_local_servers_are_preferred_when_they_answer(tmp_path: Path, monkeypatc
         pytest.skip("no local PostgreSQL and Redis on this machine")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    services = resolve_services(tmp_path, database_name="test")
-    assert services.embedded == [] and services.redis_url == "redis://127.0.0.1:6379/0"
-    assert services.database_url.endswith("/test")
+    services = resolve_services(tmp_path, database_name="orders_embedded_check")
+    try:
+        assert services.embedded == []
+        assert services.database_url == "postgresql://postgres@127.0.0.1:5432/orders_embedded_check"
+        assert services.redis_url == "redis://127.0.0.1:6379/0"
+        assert asyncio.run(_fetch(services.database_url, "SELECT current_database()")) == [("orders_embedded_check",)]
+    finally:
+        services.stop()  # nothing of its own to stop
+    assert not (tmp_path / "postgres").exists() and not (tmp_path / "redis").exists()
 
 
 def test_configured_urls_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example:5432/x")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.example:5432/x")
     monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
     services = resolve_services(tmp_path, database_name="ignored")
     assert isinstance(services, ExternalServices)
     assert (services.database_url, services.redis_url, services.embedded) == (
-        "postgresql://u@db.example:5432/x",
+        "postgresql://u:secret@db.example:5432/x",
         "redis://cache.example:6379/1",
         [],
     )
+    assert "secret" not in repr(services)
+    services.stop()
 
 
-def test_database_names_are_validated() -> None:
+def test_database_names_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ensure_database("postgresql://postgres@127.0.0.1:5432/postgres", 'x"; DROP DATABASE test; --')
+    with pytest.raises(ValueError):
+        resolve_services(tmp_path, database_name="Orders", force_embedded=True)
+    assert not (tmp_path / "postgres").exists()
