@@ -1,0 +1,142 @@
+# orders-service container image.
+#
+#   docker build -t orders-service .
+#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#     -e DATABASE_URL=postgresql://... -e REDIS_URL=redis://... orders-service
+#
+# Three stages, all on the same Python base so a virtualenv built in one runs in another:
+#   builder  has a C compiler; builds the project wheel (Cython extension native._speedups)
+#            and a wheel for every runtime dependency into /wheels.
+#   venv     has NO compiler; installs /wheels offline (--no-index) into /opt/venv, which
+#            proves the wheel set is complete and nothing is compiled at install time.
+#   runtime  has NO compiler; copies /opt/venv. Copying the installed venv rather than the
+#            wheels keeps the ~40 MB of wheel files out of the final image's layers (a
+#            `RUN --mount=from=builder` would do the same but needs BuildKit; this file also
+#            builds with the classic builder).
+#
+# PYTHON_BASE must be a Debian-based image with python3 (>= 3.11) and its venv module;
+# the default is the official slim image. deploy/local-image/Dockerfile.base prepares one
+# from a debootstrapped Debian where no registry is reachable; Debian's python3 keeps its
+# C headers in python3.11-dev, so such a build passes
+#   --build-arg BUILD_DEPS="gcc libc6-dev python3.11-dev"
+ARG PYTHON_BASE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS builder
+
+ARG BUILD_DEPS="gcc libc6-dev"
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# The base image's tag fixes the Debian release; packages follow its security updates, so
+# they are deliberately not pinned to exact versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ${BUILD_DEPS} \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A venv of its own: Debian's system python has no pip (and refuses installs, PEP 668).
+RUN python3 -m venv /opt/build
+
+WORKDIR /src
+
+# Dependency wheels first, from pyproject.toml alone, so editing the code reuses this layer.
+COPY pyproject.toml ./
+RUN /opt/build/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && /opt/build/bin/pip wheel --no-cache-dir -w /wheels -r /tmp/requirements.txt
+
+# The project wheel. tests/integration/test_wheel_install.py runs this same command.
+COPY setup.py README.md ./
+COPY migrations ./migrations
+COPY native ./native
+COPY service ./service
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps -w /wheels . \
+    && /opt/build/bin/python -c "import glob, sys, zipfile; \
+whl = glob.glob('/wheels/orders_service-*.whl'); \
+names = zipfile.ZipFile(whl[0]).namelist(); \
+sys.exit(0 if any(n.startswith('native/_speedups') and n.endswith('.so') for n in names) \
+         else 'native._speedups was not compiled into ' + whl[0])"
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS venv
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# binutils for `strip` only (this stage's packages never reach the final image).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY --from=builder /wheels /wheels
+# Every wheel in /wheels (the project, its dependencies and py-spy, which the project
+# depends on for the profiling endpoints), offline: a missing wheel fails the build.
+# Debug sections of the extension modules go (uvloop alone ships 12 MB of them); symbols
+# stay, so tracebacks and py-spy --native still name functions.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
+    && /opt/venv/bin/pip uninstall -y pip setuptools \
+    && find /opt/venv -name '*.so*' -type f -exec strip --strip-debug {} + \
+    && /opt/venv/bin/orders-service --help >/dev/null \
+    && /opt/venv/bin/py-spy --version \
+    && /opt/venv/bin/python -c "import native, sys; sys.exit(0 if native.ACTIVE == 'cython' else 'native: ' + native.ACTIVE)"
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# tini is PID 1: it forwards SIGTERM to the supervisor and reaps orphans. The supervisor
+# SIGKILLs the process group of a crashed role; those granian workers are re-parented to
+# PID 1, and a Python PID 1 never waits for processes it did not start (zombies).
+# The base's own pip/setuptools/wheel are removed: nothing uses them at run time and old
+# setuptools releases carry HIGH CVEs that the image scan would report.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && if python3 -m pip --version >/dev/null 2>&1; then \
+         python3 -m pip uninstall -y pip setuptools wheel; \
+       fi \
+    && groupadd --system --gid 10001 orders \
+    && useradd --system --uid 10001 --gid orders --home-dir /home/orders --create-home \
+         --shell /usr/sbin/nologin orders
+
+COPY --from=venv /opt/venv /opt/venv
+
+# BIND: REST and gRPC must listen beyond the container's loopback.
+# ADMIN_BIND stays 127.0.0.1: the profiling port is unauthenticated, so the image never
+# exposes it by itself (a `docker run -p 6060:6060` or a pod IP would otherwise publish it).
+# compose.yaml opts in with ADMIN_BIND=0.0.0.0 because it publishes 6060 on the host's
+# 127.0.0.1 only; in Kubernetes use `kubectl port-forward`, which reaches the pod's loopback.
+# MIGRATE_ON_START=false: migrations are a deployment step (`orders-service migrate`: the
+# compose `migrate` service, the Kubernetes Job), not something every replica races to do.
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BIND=0.0.0.0 \
+    ADMIN_BIND=127.0.0.1 \
+    PORT=8080 \
+    GRPC_PORT=9090 \
+    PPROF_PORT=6060 \
+    MIGRATE_ON_START=false \
+    DATA_DIR=/tmp/orders-data
+
+WORKDIR /home/orders
+USER 10001:10001
+
+# REST, gRPC, admin/profiling (the latter bound to ADMIN_BIND).
+EXPOSE 8080 9090 6060
+
+# Liveness of the REST role. A container started with `--roles grpc` or `--roles worker`
+# has no REST port: run it with --no-healthcheck / `healthcheck: {disable: true}`
+# (Kubernetes ignores this instruction and uses the manifests' probes).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/health', timeout=2)"]
+
+ENTRYPOINT ["tini", "--", "orders-service"]
+CMD ["serve"]
