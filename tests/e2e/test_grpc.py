@@ -220,6 +220,79 @@ async def test_idempotency_key_replays_the_same_order(stub: orders_pb2_grpc.Orde
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_idempotency_keys_are_shared_with_rest_and_hold_under_concurrency(
+    stub: orders_pb2_grpc.OrderServiceStub, grpc_service: tuple[ServiceProcess, IsolatedSchema]
+) -> None:
+    service, schema = grpc_service
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        # a key first used over REST replays over gRPC, and the other way round
+        rest_key = f"cross-{uuid.uuid4()}"
+        rest = await client.post("/orders", json={"product": "x", "quantity": 5}, headers={"idempotency-key": rest_key})
+        assert rest.status_code == 201
+        replay_call = stub.CreateOrder(
+            orders_pb2.CreateOrderRequest(product="x", quantity=5), metadata=(("x-idempotency-key", rest_key),)
+        )
+        assert (await replay_call).order.id == rest.json()["id"]
+        assert dict(await replay_call.trailing_metadata())["idempotent-replayed"] == "true"
+        grpc_key = f"cross-{uuid.uuid4()}"
+        created = (
+            await stub.CreateOrder(
+                orders_pb2.CreateOrderRequest(product="y", quantity=6), metadata=(("x-idempotency-key", grpc_key),)
+            )
+        ).order
+        again = await client.post(
+            "/orders", json={"product": "y", "quantity": 6}, headers={"idempotency-key": grpc_key}
+        )
+        assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == created.id
+        mismatch = await client.post(
+            "/orders", json={"product": "y", "quantity": 7}, headers={"idempotency-key": grpc_key}
+        )
+        assert mismatch.status_code == 422
+
+    # malformed keys are INVALID_ARGUMENT; a failed create stores no key
+    for bad in ["x" * 256, "has space"]:
+        err = await _error(
+            stub.CreateOrder(
+                orders_pb2.CreateOrderRequest(product="z", quantity=1), metadata=(("x-idempotency-key", bad),)
+            )
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    retry = (("x-idempotency-key", f"retry-{uuid.uuid4()}"),)
+    err = await _error(stub.CreateOrder(orders_pb2.CreateOrderRequest(product="", quantity=1), metadata=retry))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fixed_call = stub.CreateOrder(orders_pb2.CreateOrderRequest(product="fixed", quantity=1), metadata=retry)
+    assert (await fixed_call).order.product == "fixed"
+    assert "idempotent-replayed" not in dict(await fixed_call.trailing_metadata())
+
+    # 50 identical calls at once: one order, one event, every reply names it
+    burst_key = f"burst-{uuid.uuid4()}"
+
+    async def count(sql: str, value: str) -> int:
+        pool = psqlpy.ConnectionPool(dsn=schema.dsn, max_db_pool_size=2)
+        try:
+            conn = await pool.connection()
+            try:
+                return int((await conn.execute(sql, [value])).result(as_tuple=True)[0][0])
+            finally:
+                conn.close()
+        finally:
+            pool.close()
+
+    replies = await asyncio.gather(
+        *(
+            stub.CreateOrder(
+                orders_pb2.CreateOrderRequest(product="burst", quantity=1), metadata=(("x-idempotency-key", burst_key),)
+            )
+            for _ in range(50)
+        )
+    )
+    assert len({reply.order.id for reply in replies}) == 1
+    order_id = replies[0].order.id
+    assert await count("SELECT count(*) FROM idempotency_keys WHERE key = $1", burst_key) == 1
+    assert await count("SELECT count(*) FROM outbox WHERE order_id = $1::text::uuid", order_id) == 1
+
+
 async def test_paging_matches_rest_cursors(
     stub: orders_pb2_grpc.OrderServiceStub, grpc_service: tuple[ServiceProcess, IsolatedSchema]
 ) -> None:
