@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results \
 	pprof-cpu pprof-dump pprof-web
 
 $(STAMP): pyproject.toml
@@ -58,6 +58,10 @@ bench-save: bench
 
 bench-compare: bench
 	$(BIN)/python -m benchmarks.compare compare
+
+## Every figure of benchmarks/RESULTS.md in one run: pgbench ceiling, each scenario, RSS (~4 min).
+bench-results: $(STAMP)
+	$(BIN)/python -m benchmarks.results
 
 ## Load tests against a running service (LOADTEST_URL, default http://127.0.0.1:8080).
 LOADTEST_ARGS ?=

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,11 +59,11 @@ class HttpConnection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes | None = None, extra: str = "") -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self._writer.write(head.encode() + b"\r\n" + (body or b""))
@@ -92,8 +93,13 @@ class HttpConnection:
         self._reader = self._writer = None
 
 
+def fresh_key() -> str:
+    return f"load-{uuid.uuid4()}"
+
+
 class HttpDriver:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, keyed: bool = False) -> None:
+        self.keyed = keyed
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -108,7 +114,8 @@ class HttpDriver:
 
     async def create(self, conn: HttpConnection) -> str:
         body = json.dumps({"product": f"load-{random.randrange(1_000_000)}", "quantity": random.randint(1, 9)})
-        status, payload = await conn.request("POST", "/orders", body.encode())
+        extra = f"Idempotency-Key: {fresh_key()}\r\n" if self.keyed else ""
+        status, payload = await conn.request("POST", "/orders", body.encode(), extra)
         self._check(status, 201)
         order_id: str = json.loads(payload)["id"]
         return order_id
@@ -139,8 +146,9 @@ class HttpDriver:
 
 
 class GrpcDriver:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, keyed: bool = False) -> None:
         self.target = target
+        self.keyed = keyed
 
     def connection(self) -> object:
         import grpc
@@ -162,7 +170,8 @@ class GrpcDriver:
         from service.grpc.pb import orders_pb2
 
         request = orders_pb2.CreateOrderRequest(product=f"load-{random.randrange(1_000_000)}", quantity=3)
-        response = await self._call(stub.CreateOrder(request))  # type: ignore[attr-defined]
+        metadata = (("x-idempotency-key", fresh_key()),) if self.keyed else ()
+        response = await self._call(stub.CreateOrder(request, metadata=metadata))  # type: ignore[attr-defined]
         return str(response.order.id)  # type: ignore[attr-defined]
 
     async def get(self, stub: object, order_id: str) -> None:
@@ -206,10 +215,13 @@ class Plan:
     duration: float | None
     seed_ids: list[str]
     progress: bool
+    idempotency_keys: bool = False
 
 
 def _driver(plan: Plan) -> HttpDriver | GrpcDriver:
-    return HttpDriver(plan.base_url) if plan.transport == "rest" else GrpcDriver(plan.grpc_target)
+    if plan.transport == "rest":
+        return HttpDriver(plan.base_url, plan.idempotency_keys)
+    return GrpcDriver(plan.grpc_target, plan.idempotency_keys)
 
 
 def _pick_mixed() -> str:
@@ -391,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--json", dest="json_path", help="also write the report to this file")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    parser.add_argument("--idempotency-keys", action="store_true", help="every create sends a fresh idempotency key")
     return parser
 
 
@@ -411,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         seed_ids=[],
         progress=not args.quiet,
+        idempotency_keys=args.idempotency_keys,
     )
     report = run(plan, args.processes)
     print(format_report(report))
