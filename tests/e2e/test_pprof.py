@@ -27,17 +27,19 @@ def _processes(service: ServiceProcess) -> list[dict[str, object]]:
     return _admin(service, "/debug/pprof/").json()["processes"]  # type: ignore[no-any-return]
 
 
-def _keep_busy(service: ServiceProcess, seconds: float) -> threading.Thread:
+def _keep_busy(service: ServiceProcess, seconds: float) -> list[threading.Thread]:
+    """Traffic on fresh connections from several threads, so that every HTTP worker gets some."""
+    order = httpx.post(f"{service.base_url}/orders", json={"product": "profiled", "quantity": 1}).json()
+
     def traffic() -> None:
         deadline = time.monotonic() + seconds
-        with httpx.Client(base_url=service.base_url) as client:
-            order = client.post("/orders", json={"product": "profiled", "quantity": 1}).json()
-            while time.monotonic() < deadline:
-                client.get(f"/orders/{order['id']}")
+        while time.monotonic() < deadline:
+            httpx.get(f"{service.base_url}/orders/{order['id']}")
 
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    return thread
+    threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def test_index_lists_every_process_with_links(profiled: ServiceProcess) -> None:
@@ -54,7 +56,8 @@ def test_flame_graph_of_a_worker_names_the_services_functions(profiled: ServiceP
     worker = next(p for p in _processes(profiled) if p["role"] == "http-worker")
     busy = _keep_busy(profiled, 4)
     response = _admin(profiled, f"/debug/pprof/profile?seconds=2&pid={worker['pid']}&rate=250")
-    busy.join()
+    for thread in busy:
+        thread.join()
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/svg+xml"
     assert "attachment" in response.headers["content-disposition"]
