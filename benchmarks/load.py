@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from benchmarks.wrk_driver import WRK_SCENARIOS, run_wrk, wrk_binary
+
 SCENARIOS = ("create", "get", "list", "update", "delete", "mixed", "health")
 MIXED_WEIGHTS = (("create", 40), ("get", 30), ("list", 20), ("update", 10))
 SEED_ORDERS = 1000
@@ -216,6 +218,7 @@ class Plan:
     seed_ids: list[str]
     progress: bool
     idempotency_keys: bool = False
+    driver: str = "python"
 
 
 def _driver(plan: Plan) -> HttpDriver | GrpcDriver:
@@ -312,11 +315,48 @@ async def _seed(plan: Plan) -> list[str]:
     return [await driver.create(conn) for _ in range(SEED_ORDERS)]  # type: ignore[arg-type]
 
 
+def use_wrk(plan: Plan) -> bool:
+    """wrk drives REST when asked to (or, with `auto`, when installed) for a scenario it supports."""
+    if plan.driver == "python" or plan.transport != "rest":
+        return False
+    supported = plan.scenario in WRK_SCENARIOS and plan.duration is not None
+    if plan.driver == "wrk" and not (supported and wrk_binary()):
+        raise SystemExit("--driver wrk needs wrk installed, --transport rest, --duration and a scenario but delete")
+    return supported and wrk_binary() is not None
+
+
 def run(plan: Plan, processes: int) -> dict[str, object]:
     import uvloop
 
     if plan.scenario in ("get", "update", "mixed"):
         plan.seed_ids = uvloop.run(_seed(plan))
+    if use_wrk(plan):
+        assert plan.duration is not None
+        measured = run_wrk(
+            plan.base_url,
+            plan.scenario,
+            plan.seed_ids,
+            plan.idempotency_keys,
+            plan.concurrency,
+            plan.duration,
+            threads=processes,
+        )
+        errors_by_kind: dict[str, int] = measured["errors"]  # type: ignore[assignment]
+        ok = int(measured["ok"])  # type: ignore[call-overload]
+        wall = float(measured["seconds"])  # type: ignore[arg-type]
+        return {
+            "scenario": plan.scenario,
+            "transport": plan.transport,
+            "driver": "wrk",
+            "concurrency": plan.concurrency,
+            "processes": processes,
+            "requests_ok": ok,
+            "errors": errors_by_kind,
+            "error_count": sum(errors_by_kind.values()),
+            "seconds": wall,
+            "throughput_rps": round(ok / wall, 1) if wall else 0.0,
+            "latency_ms": measured["latency_ms"],
+        }
     started = time.perf_counter()
     shards: list[tuple[list[float], dict[str, int], float]] = []
     if processes <= 1:
@@ -359,6 +399,7 @@ def run(plan: Plan, processes: int) -> dict[str, object]:
     return {
         "scenario": plan.scenario,
         "transport": plan.transport,
+        "driver": "python",
         "concurrency": plan.concurrency,
         "processes": processes,
         "requests_ok": ok,
@@ -380,7 +421,7 @@ def format_report(report: dict[str, object]) -> str:
     assert isinstance(latency, dict)
     lines = [
         f"scenario {report['scenario']} over {report['transport']}: concurrency {report['concurrency']}, "
-        f"{report['processes']} load process(es), {report['seconds']} s",
+        f"{report['processes']} load process(es), driver {report['driver']}, {report['seconds']} s",
         f"  throughput  {report['throughput_rps']:>10,} req/s ({report['requests_ok']} ok)",
         f"  latency ms  p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  max {latency['max']}",
         f"  errors      {report['error_count']}" + (f"  {report['errors']}" if report["error_count"] else ""),
@@ -397,7 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("LOADTEST_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--grpc-target", default=os.environ.get("LOADTEST_GRPC", "127.0.0.1:9090"))
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--processes", type=int, default=1, help="load processes sharing the connections")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="load processes (wrk: threads) sharing the connections"
+    )
+    parser.add_argument(
+        "--driver",
+        choices=("python", "wrk", "auto"),
+        default="python",
+        help="REST request loop: this tool's own, wrk, or wrk when installed (needs --duration)",
+    )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--requests", type=int, help="stop after this many requests")
     amount.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -425,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_ids=[],
         progress=not args.quiet,
         idempotency_keys=args.idempotency_keys,
+        driver=args.driver,
     )
     report = run(plan, args.processes)
     print(format_report(report))
