@@ -50,7 +50,7 @@ class Resources:
 
 def build_service(settings: Settings, db: Database) -> OrderService:
     return OrderService(
-        PostgresOrderStore(db),
+        PostgresOrderStore(db, coalesce_max_batch=settings.coalesce_max_batch),
         SystemClock(),
         UuidV7Source(),
         CursorCodec(settings.cursor_secret.encode()),

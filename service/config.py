@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int = 5
     retry_backoff_ms: int = 1000
     relay_batch_size: int = 500
+    coalesce_max_batch: int = 256
     relay_poll_interval: float = 1.0
     purge_interval: float = 60.0
 
@@ -161,6 +162,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MAX_DELIVERIES": ("max_deliveries", _int(1, 1000)),
     "RETRY_BACKOFF_MS": ("retry_backoff_ms", _int(10, 3_600_000)),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int(1, 10_000)),
+    "COALESCE_MAX_BATCH": ("coalesce_max_batch", _int(1, 1000)),
     "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
 }

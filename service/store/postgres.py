@@ -170,10 +170,10 @@ def _update_params(order: Order, expected_version: int, event: OrderEvent) -> li
 
 
 class PostgresOrderStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, coalesce_max_batch: int = 256) -> None:
         self._db = db
-        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(self._get_many)
-        self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(self._create_many)
+        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(self._get_many, coalesce_max_batch)
+        self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(self._create_many, coalesce_max_batch)
 
     async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
         rows = await self._db.fetch(_GET_MANY, [ids])

@@ -36,6 +36,7 @@ COMPILERS = ("gcc", "g++", "clang", "build-essential", "cc ", "cython", "rustc",
 # Settings that may stay out of every deployment's environment, and why.
 INTENTIONALLY_DEFAULTED = {
     "ROLES": "each Kubernetes Deployment passes `serve --roles <role>`; compose runs all roles",
+    "COALESCE_MAX_BATCH": "a tuning knob for measurements; its default is what deployments want",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the

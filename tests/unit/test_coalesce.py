@@ -1,0 +1,55 @@
+"""Coalescer: calls made in one loop turn go out as one batch, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.store.coalesce import Coalescer
+
+
+class Recorder:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_on = fail_on
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        await asyncio.sleep(0)
+        if self.fail_on in items:
+            raise RuntimeError("batch failed")
+        return [item * 10 for item in items]
+
+
+async def test_calls_of_one_loop_turn_share_one_batch_and_get_their_own_results() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.run)
+    results = await asyncio.gather(*(coalescer.submit(i) for i in range(5)))
+    assert results == [0, 10, 20, 30, 40]
+    assert recorder.batches == [[0, 1, 2, 3, 4]]
+    assert (coalescer.batches, coalescer.items) == (1, 5)
+
+
+async def test_max_batch_splits_and_one_sends_each_alone() -> None:
+    recorder = Recorder()
+    results = await asyncio.gather(*(Coalescer(recorder.run, max_batch=2).submit(i) for i in range(1)))
+    assert results == [0]
+    split = Recorder()
+    coalescer = Coalescer(split.run, max_batch=2)
+    assert await asyncio.gather(*(coalescer.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+    assert split.batches == [[0, 1], [2, 3], [4]]
+    alone = Recorder()
+    single = Coalescer(alone.run, max_batch=1)
+    await asyncio.gather(*(single.submit(i) for i in range(3)))
+    assert alone.batches == [[0], [1], [2]]
+
+
+async def test_a_failed_batch_fails_each_of_its_callers_only() -> None:
+    recorder = Recorder(fail_on=3)
+    coalescer = Coalescer(recorder.run, max_batch=2)
+    results = await asyncio.gather(*(coalescer.submit(i) for i in range(5)), return_exceptions=True)
+    assert results[:2] == [0, 10] and results[4] == 40
+    assert all(isinstance(r, RuntimeError) for r in results[2:4])
+    with pytest.raises(RuntimeError):
+        await coalescer.submit(3)
