@@ -175,7 +175,9 @@ def process_rss(pid: int) -> tuple[str, float]:
 
 
 class Service:
-    def __init__(self, database_url: str, redis_url: str, http_workers: int) -> None:
+    def __init__(
+        self, database_url: str, redis_url: str, http_workers: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.grpc_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="orders-results-", suffix=".log", delete=False)  # noqa: SIM115
@@ -191,6 +193,7 @@ class Service:
             "HTTP_WORKERS": str(http_workers),
             "GRPC_WORKERS": "1",
             "ROLES": "http,grpc,worker",
+            **(extra_env or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT
@@ -286,9 +289,37 @@ def main(argv: list[str] | None = None) -> int:
         figures["rss_mb"] = [{"cmdline": cmd, "rss_mb": round(mb, 1)} for cmd, mb in service.rss() if cmd]
     finally:
         service.stop()
+    figures["variants"] = [run_variant(name, env, database_url, args) for name, env in VARIANTS]
     Path(args.json_path).write_text(json.dumps(figures, indent=2))
     print(markdown(figures))
     return 0
+
+
+# Each switched-off optimisation against the main run, same machine, same run.
+VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("pure-Python twins (ORDERS_NATIVE=0)", {"ORDERS_NATIVE": "0"}),
+    ("no coalescing (COALESCE_MAX_BATCH=1)", {"COALESCE_MAX_BATCH": "1"}),
+]
+VARIANT_RUNS = ("REST GET /orders/{id}", "REST POST /orders", "REST mixed")
+
+
+def run_variant(name: str, env: dict[str, str], database_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    service = Service(database_url, args.redis_url, args.http_workers, env)
+    runs: list[dict[str, Any]] = []
+    try:
+        service.wait_ready()
+        for label, transport, scenario, extra in LOAD_RUNS:
+            if label not in VARIANT_RUNS:
+                continue
+            if args.warmup > 0:
+                load(service, transport, scenario, extra, args.warmup, args)
+            report = load(service, transport, scenario, extra, args.seconds, args)
+            report["label"] = label
+            runs.append(report)
+            print(f"{name}, {label}: {summary(report)}", file=sys.stderr)
+    finally:
+        service.stop()
+    return {"name": name, "runs": runs}
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -356,6 +387,17 @@ def markdown(figures: dict[str, Any]) -> str:
         "| target | goal | measured | met |",
         "|---|---|---|---|",
         *(f"| {name} | {goal} | {measured} | {yes_no(met)} |" for name, goal, measured, met in targets),
+        "",
+        "Switched off, one at a time (same run; req/s and p99 against the main run above):",
+        "",
+        "| variant | scenario | req/s | vs main | p99 ms |",
+        "|---|---|---:|---:|---:|",
+        *(
+            f"| {variant['name']} | {r['label']} | {r['throughput_rps']:,} | "
+            f"{float(r['throughput_rps']) / rps(r['label']) - 1:+.0%} | {r['latency_ms']['p99']} |"
+            for variant in figures.get("variants", [])
+            for r in variant["runs"]
+        ),
         "",
         "| process | RSS MB |",
         "|---|---:|",
