@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from benchmarks.load import Plan, format_report, run
+from benchmarks.wrk_driver import lua_script, wrk_binary
 from tests.e2e.conftest import ServiceProcess
 
 
@@ -62,3 +63,32 @@ def test_cli_writes_json_with_several_processes(module_service: ServiceProcess, 
     report = json.loads(out.read_text())
     assert report["requests_ok"] == 200 and report["processes"] == 2
     assert "throughput" in result.stdout
+
+
+def test_idempotency_keys_make_every_create_new(module_service: ServiceProcess) -> None:
+    plan = Plan("create", "rest", module_service.base_url, "", 4, 40, None, [], False, idempotency_keys=True)
+    report = run(plan, processes=1)
+    assert report["requests_ok"] == 40 and report["error_count"] == 0
+
+
+def test_wrk_script_picks_scenarios_like_the_python_driver() -> None:
+    script = lua_script("mixed", ["a", "b"], keyed=True)
+    assert 'local ids = {"a","b"}' in script and 'local scenario = "mixed"' in script
+    assert '{"create", 40}, {"get", 30}, {"list", 20}, {"update", 10}' in script
+    assert "Idempotency-Key" in script and "local key_header = true" in script
+
+
+@pytest.mark.skipif(wrk_binary() is None, reason="wrk is not installed")
+@pytest.mark.parametrize("scenario", ["get", "create", "mixed"])
+def test_wrk_driver_reports_in_the_same_shape(module_service: ServiceProcess, scenario: str) -> None:
+    plan = Plan(scenario, "rest", module_service.base_url, "", 4, None, 1.0, [], False, driver="wrk")
+    report = run(plan, processes=1)
+    assert report["driver"] == "wrk" and report["error_count"] == 0 and report["requests_ok"] > 0  # type: ignore[operator]
+    latency = report["latency_ms"]
+    assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+
+
+def test_wrk_driver_refuses_what_it_cannot_drive() -> None:
+    plan = Plan("delete", "rest", "http://127.0.0.1:1", "", 1, None, 1.0, [], False, driver="wrk")
+    with pytest.raises(SystemExit):
+        run(plan, processes=1)
