@@ -44,12 +44,14 @@ async def purge_idempotency_keys(service: OrderService, stop: asyncio.Event, int
 
 async def run(settings: Settings) -> int:
     from service.app import Resources, build_consumer, build_relay, build_service
+    from service.observability.metrics import PoolGauges, publish_periodically
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     resources = Resources(settings, role="worker")
+    publish_periodically(loop, PoolGauges("worker", resources.db.stats))
     try:
         service = build_service(settings, resources.db)
         relay = build_relay(settings, resources)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import grpc
 import httpx
+import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+
+from service.grpc.pb import orders_pb2, orders_pb2_grpc
+from tests.e2e.conftest import ServiceProcess
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -16,8 +23,17 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def test_metrics_count_every_request_across_workers(start_service) -> None:  # type: ignore[no-untyped-def]
-    service = start_service(HTTP_WORKERS="2")
+def _grpc_calls(service: ServiceProcess, order_id: str) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = orders_pb2_grpc.OrderServiceStub(channel)
+        for _ in range(2):
+            stub.GetOrder(orders_pb2.GetOrderRequest(id=order_id), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub.GetOrder(orders_pb2.GetOrderRequest(id=str(uuid.uuid4())), timeout=10)
+
+
+def test_metrics_count_every_request_across_workers(start_service, test_services) -> None:  # type: ignore[no-untyped-def]
+    service = start_service(roles="http,grpc,worker", wait_for_grpc=True, HTTP_WORKERS="2")
     with httpx.Client(base_url=service.base_url, timeout=10) as client:
         before = _samples(client.get("/metrics").text)
         for _ in range(40):  # new connections, so both workers answer some
@@ -28,6 +44,8 @@ def test_metrics_count_every_request_across_workers(start_service) -> None:  # t
         for _ in range(3):
             client.get(f"/orders/{uuid.uuid4()}")
         client.get("/no/such/path")
+        _grpc_calls(service, order["id"])
+        time.sleep(2.5)  # pool gauges are published every 2 s by each process
         text = client.get("/metrics").text
     samples = _samples(text)
 
@@ -45,4 +63,14 @@ def test_metrics_count_every_request_across_workers(start_service) -> None:  # t
     ]
     assert histogram_count == 10
     assert order["id"] not in text, "raw ids must never become label values"
-    assert ("orders_db_pool_max_size", frozenset({"role": "http"}.items())) in samples
+    for role in ("http", "grpc", "worker"):
+        assert ("orders_db_pool_max_size", frozenset({"role": role}.items())) in samples, role
+
+    def grpc_count(method: str, code: str) -> float:
+        key = ("orders_grpc_calls_total", frozenset({"method": method, "code": code}.items()))
+        return samples.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grpc_count("GetOrder", "OK") == 2
+    assert grpc_count("GetOrder", "NOT_FOUND") == 1
+    assert samples[("orders_grpc_call_duration_seconds_count", frozenset({"method": "GetOrder"}.items()))] == 3
+    redis.Redis.from_url(test_services.redis_url).delete(service.stream)
