@@ -92,6 +92,27 @@ WITH changed AS (
 SELECT count(*) FROM changed
 """
 
+# Conditional updates of different orders that arrive in the same loop turn: one statement. Each
+# order appears at most once per batch (see _update_many), so a row joins exactly one input row.
+_UPDATE_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::bigint[])
+        AS u(id, product, quantity, status, version, updated_at, expected_version)
+), changed AS (
+    UPDATE orders o SET product = u.product, quantity = u.quantity, status = u.status, version = u.version,
+                        updated_at = u.updated_at
+    FROM input u WHERE o.id = u.id AND o.version = u.expected_version
+    RETURNING o.id
+), new_events AS (
+    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
+    SELECT e.event_id, e.event_type, e.order_id, e.payload::jsonb, e.request_id, e.traceparent, e.occurred_at
+    FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+        AS e(event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
+    WHERE e.order_id IN (SELECT id FROM changed)
+)
+SELECT id FROM changed
+"""
+
 _DELETE = """
 WITH gone AS (
     DELETE FROM orders WHERE id = $1 AND version = $2 RETURNING id
@@ -174,6 +195,7 @@ class PostgresOrderStore:
         self._db = db
         self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(self._get_many, coalesce_max_batch)
         self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(self._create_many, coalesce_max_batch)
+        self._updates: Coalescer[tuple[Order, int, OrderEvent], bool] = Coalescer(self._update_many, coalesce_max_batch)
 
     async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
         rows = await self._db.fetch(_GET_MANY, [ids])
@@ -225,8 +247,34 @@ class PostgresOrderStore:
         return [_row_to_order(row) for row in rows]
 
     async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
+        return order if await self._updates.submit((order, expected_version, event)) else None
+
+    async def _update_one(self, order: Order, expected_version: int, event: OrderEvent) -> bool:
         rows = await self._db.fetch(_UPDATE, _update_params(order, expected_version, event))
-        return order if rows[0][0] == 1 else None
+        return bool(rows[0][0] == 1)
+
+    async def _update_many(self, batch: list[tuple[Order, int, OrderEvent]]) -> list[bool]:
+        if len(batch) == 1:
+            return [await self._update_one(*batch[0])]
+        # A second update of the same order in one batch goes after the batch, on its own: in one
+        # UPDATE ... FROM both would join the row and only one would apply, unknowably which.
+        first: dict[uuid.UUID, int] = {}
+        later: list[int] = []
+        for index, (order, _, _) in enumerate(batch):
+            if order.id in first:
+                later.append(index)
+            else:
+                first[order.id] = index
+        columns: list[list[Any]] = [[] for _ in range(13)]
+        for index in first.values():
+            for column, value in zip(columns, _update_params(*batch[index]), strict=True):
+                column.append(value)
+        rows = await self._db.fetch(_UPDATE_MANY, columns)
+        changed = {parse_uuid(row[0]) for row in rows}
+        results = [batch[index][0].id in changed for index in range(len(batch))]
+        for index in later:
+            results[index] = await self._update_one(*batch[index])
+        return results
 
     async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         rows = await self._db.fetch(_DELETE, [order_id, expected_version, *_event_params(event)])

@@ -69,6 +69,32 @@ async def test_conditional_update_never_loses_an_update(pg_service: OrderService
     assert final.version == 21
 
 
+async def test_concurrent_updates_of_different_orders_share_one_statement(
+    store: PostgresOrderStore, pg_service: OrderService, database: Database
+) -> None:
+    orders = [(await pg_service.create(f"o{i}", 1)).order for i in range(6)]
+    target = orders[0]
+    batches_before = store._updates.batches
+    # six orders updated at once, plus two more writers of the first one in the same loop turn
+    results = await asyncio.gather(
+        *(pg_service.update(str(o.id), quantity=7) for o in orders),
+        pg_service.update(str(target.id), quantity=8),
+        pg_service.update(str(target.id), status="confirmed"),
+    )
+    assert all(r.quantity == 7 and r.version == 2 for r in results[1:6])
+    final = await pg_service.get(str(target.id))
+    assert final.version == 4  # three writers of one order: each applied once, none lost
+    assert sorted(r.version for r in (results[0], results[6], results[7])) == [2, 3, 4]
+    assert final.status == OrderStatus.CONFIRMED
+    assert store._updates.batches - batches_before < 8  # the first writes went together
+    events = await database.fetch(
+        "SELECT order_id, count(*) FROM outbox WHERE event_type = 'order.updated' GROUP BY order_id"
+    )
+    assert {order_id: count for order_id, count in events} == {
+        str(o.id): (3 if o.id == target.id else 1) for o in orders
+    }
+
+
 async def test_update_and_delete_write_events_in_the_same_statement(
     pg_service: OrderService, database: Database
 ) -> None:
