@@ -12,6 +12,8 @@ import pytest
 from benchmarks.conftest import LoopRunner
 from service.cursor import CursorCodec
 from service.domain import Order
+from service.grpc.convert import order_to_pb, status_from_pb
+from service.grpc.pb import orders_pb2
 from service.http.core import HttpRequest, RestApi
 from service.http.problems import decode_error
 from service.http.schemas import CreateOrderBody, UpdateOrderBody
@@ -127,3 +129,33 @@ def test_log_line_formatting(benchmark) -> None:  # type: ignore[no-untyped-def]
         }
     )
     assert benchmark(format_record, record).endswith(b"\n")
+
+
+def test_protobuf_order_conversion(benchmark, api_and_order) -> None:  # type: ignore[no-untyped-def]
+    _, order = api_and_order
+
+    def convert_and_serialize() -> bytes:
+        return orders_pb2.GetOrderResponse(order=order_to_pb(order)).SerializeToString()
+
+    assert orders_pb2.GetOrderResponse.FromString(benchmark(convert_and_serialize)).order.id == str(order.id)
+
+
+def test_protobuf_page_of_100_conversion(benchmark, api_and_order, run_async) -> None:  # type: ignore[no-untyped-def]
+    api, _ = api_and_order
+    page = run_async(api.service.list(limit=100)).orders
+
+    def convert_and_serialize() -> bytes:
+        return orders_pb2.ListOrdersResponse(orders=[order_to_pb(o) for o in page]).SerializeToString()
+
+    assert len(orders_pb2.ListOrdersResponse.FromString(benchmark(convert_and_serialize)).orders) == 100
+
+
+def test_protobuf_request_parse(benchmark) -> None:  # type: ignore[no-untyped-def]
+    wire = orders_pb2.UpdateOrderRequest(
+        id=str(uuid.uuid4()), product="keyboard", quantity=4, status=orders_pb2.ORDER_STATUS_CONFIRMED
+    ).SerializeToString()
+
+    def parse() -> str | None:
+        return status_from_pb(orders_pb2.UpdateOrderRequest.FromString(wire).status)
+
+    assert benchmark(parse) == "confirmed"
