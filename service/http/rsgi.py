@@ -6,34 +6,10 @@ import asyncio
 import logging
 from typing import Any
 
-from service.app import Resources, build_rest_api
-from service.config import load_settings
+from service.http.binding import BODY_METHODS, UNDECODABLE, HttpWorker, read_body
 from service.http.core import HttpRequest, RestApi
-from service.observability.logging import configure_logging
-from service.observability.metrics import PoolGauges, publish_periodically
 
 log = logging.getLogger(__name__)
-
-
-async def read_body(proto: Any, content_length: str | None, limit: int) -> tuple[bytes, bool]:
-    """The request body, or (b"", True) once it is known to exceed `limit` bytes."""
-    if content_length is not None:
-        if not content_length.isdigit():
-            return b"", False
-        if int(content_length) > limit:
-            return b"", True
-        return await proto(), False
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in proto:
-        size += len(chunk)
-        if size > limit:
-            return b"", True
-        chunks.append(chunk)
-    return b"".join(chunks), False
-
-
-UNDECODABLE = "\ufffd"
 
 
 class RsgiHeaders:
@@ -58,19 +34,14 @@ class RsgiHeaders:
 class RsgiApp:
     def __init__(self) -> None:
         self.api: RestApi | None = None
-        self._resources: Resources | None = None
+        self._worker = HttpWorker()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Runs in each worker process: pools are per worker and never created before the fork.
-        settings = load_settings()
-        configure_logging(settings.log_level, role="http")
-        self._resources = Resources(settings, role="http")
-        self.api = build_rest_api(settings, self._resources)
-        publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
+        self.api = self._worker.start(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._resources is not None:
-            self._resources.db.close()
+        self._worker.close()
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
@@ -80,8 +51,8 @@ class RsgiApp:
         headers = RsgiHeaders(scope.headers)
         body = b""
         too_large = False
-        if scope.method in ("POST", "PUT", "PATCH"):
-            body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes)
+        if scope.method in BODY_METHODS:
+            body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes, proto)
         response = await api.handle(HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large))
         proto.response_bytes(response.status, response.headers, response.body)
 

@@ -1,0 +1,82 @@
+"""What every server binding shares: per-worker start-up, the body-size limit, undecodable headers.
+
+The bindings (RSGI in production; ASGI and robyn for the runtime benchmark) only translate their
+server's request into `HttpRequest` and `HttpResponse` back. Everything they have in common but
+is not request handling lives here, so that no binding grows its own variant of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Awaitable, Callable
+
+from service.app import Resources, build_rest_api
+from service.config import load_settings
+from service.http.core import RestApi
+from service.observability.logging import configure_logging
+from service.observability.metrics import PoolGauges, publish_periodically
+
+BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+
+UNDECODABLE = "\ufffd"
+"""What a header value the server cannot decode as visible ASCII reads as.
+
+Reading it as absent would silently drop an If-Match or Idempotency-Key; U+FFFD fails every
+header's validation instead."""
+
+
+async def read_body(
+    chunks: AsyncIterable[bytes],
+    content_length: str | None,
+    limit: int,
+    read_all: Callable[[], Awaitable[bytes]] | None = None,
+) -> tuple[bytes, bool]:
+    """The request body, or (b"", True) once it is known to exceed `limit` bytes.
+
+    A declared Content-Length over the limit is refused without reading; a body without one
+    (chunked) is read only until it passes the limit. `read_all`, when the server has one, reads
+    a body of known, acceptable length in one call.
+    """
+    if content_length is not None:
+        if not content_length.isdigit():
+            return b"", False
+        if int(content_length) > limit:
+            return b"", True
+        if read_all is not None:
+            return await read_all(), False
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        parts.append(chunk)
+    return b"".join(parts), False
+
+
+def limit_read_body(body: bytes, limit: int) -> tuple[bytes, bool]:
+    """The same limit for a server that has already read the whole body before the binding runs."""
+    if len(body) > limit:
+        return b"", True
+    return body, False
+
+
+class HttpWorker:
+    """The REST API of one worker process: settings, logging, pool, metrics; created after the fork."""
+
+    def __init__(self) -> None:
+        self.api: RestApi | None = None
+        self._resources: Resources | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
+        settings = load_settings()
+        configure_logging(settings.log_level, role="http")
+        self._resources = Resources(settings, role="http")
+        self.api = build_rest_api(settings, self._resources)
+        publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
+        return self.api
+
+    def close(self) -> None:
+        if self._resources is not None:
+            self._resources.db.close()
+            self._resources = None
