@@ -253,11 +253,15 @@ async def _one(driver: HttpDriver | GrpcDriver, conn: object, scenario: str, ids
         await driver.health(conn)  # type: ignore[arg-type]
 
 
-async def _run_shard(plan: Plan, report_progress: Callable[[int, int], None] | None) -> Shard:
+async def _run_shard(
+    plan: Plan, report_progress: Callable[[int, int], None] | None, shard: Shard | None = None
+) -> Shard:
+    """Drive the plan from this process; `shard` (else a new one) collects the figures as they come,
+    so a caller can read them while the run goes on (benchmarks.soak samples it every 10 s)."""
     driver = _driver(plan)
     ids = list(plan.seed_ids)
     doomed: list[str] = []
-    shard = Shard()
+    shard = Shard() if shard is None else shard
     budget = [plan.requests if plan.requests is not None else sys.maxsize]
     deadline = time.perf_counter() + plan.duration if plan.duration else float("inf")
     perf = time.perf_counter

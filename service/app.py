@@ -34,6 +34,7 @@ class Resources:
             settings.database_url or DEFAULT_DATABASE_URL,
             pool_size=settings.db_pool_size,
             acquire_timeout=settings.db_acquire_timeout,
+            statement_timeout=settings.db_statement_timeout,
             application_name=f"orders-service-{role}",
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_url(

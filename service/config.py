@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_processes: int = 1
     db_pool_size: int = 10
     db_acquire_timeout: float = 2.0
+    db_statement_timeout: float = 5.0  # 0: no limit
     log_level: str = "INFO"
     shutdown_timeout: float = 25.0
     migrate_on_start: bool = True
@@ -148,6 +149,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "WORKER_PROCESSES": ("worker_processes", _int(1, 64)),
     "DB_POOL_SIZE": ("db_pool_size", _int(2, 200)),
     "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _float(0.01, 60.0)),
+    "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _float(0.0, 3600.0)),
     "LOG_LEVEL": ("log_level", _log_level),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float(0.1, 3600.0)),
     "MIGRATE_ON_START": ("migrate_on_start", _bool),

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import msgspec
 import psqlpy
@@ -28,6 +29,7 @@ _UNAVAILABLE_MARKERS = (
     "no such file or directory",
     "unexpected eof",
     "connection to server",
+    "statement timeout",
 )
 
 
@@ -36,6 +38,25 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return any(marker in text for marker in _UNAVAILABLE_MARKERS)
+
+
+def with_statement_timeout(dsn: str, seconds: float) -> str:
+    """The DSN with `-c statement_timeout=...` added to its `options` (kept: any options it had).
+
+    PostgreSQL then cancels a statement that runs (or waits for a lock) longer than that, so a
+    request that holds a pooled connection cannot wait forever either. 0 leaves the DSN as is.
+    """
+    if seconds <= 0:
+        return dsn
+    parts = urlsplit(dsn)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    setting = f"-c statement_timeout={max(1, round(seconds * 1000))}"
+    options = [value for name, value in params if name == "options"]
+    others = [(name, value) for name, value in params if name != "options"]
+    merged = " ".join([*options, setting])
+    pairs = [*others, ("options", merged)]
+    query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in pairs)
+    return urlunsplit(parts._replace(query=query))
 
 
 class PoolStats(msgspec.Struct, frozen=True):
@@ -49,32 +70,56 @@ class PoolStats(msgspec.Struct, frozen=True):
 
 
 class Database:
+    """One process's pool.
+
+    Requests queue for a connection in this process's own FIFO (an asyncio semaphore with one
+    permit per pooled connection), not inside psqlpy: a psqlpy acquire that times out is not
+    withdrawn (its waiter stays queued in the pool until a connection frees up), so under
+    sustained overload that queue would only grow. Here a request that gives up after
+    `acquire_timeout` leaves the queue, and the queue never holds more than the requests
+    currently waiting. `statement_timeout` (seconds, 0: none) bounds the time a request may hold
+    a connection: PostgreSQL cancels a statement that runs or waits for a lock longer.
+    """
+
     def __init__(
         self,
         dsn: str,
         *,
         pool_size: int,
         acquire_timeout: float,
+        statement_timeout: float = 0.0,
         connect_timeout: int = 3,
         application_name: str = "orders-service",
     ) -> None:
+        size = max(2, pool_size)
         self._pool = psqlpy.ConnectionPool(
-            dsn=dsn,
-            max_db_pool_size=max(2, pool_size),
+            dsn=with_statement_timeout(dsn, statement_timeout),
+            max_db_pool_size=size,
             connect_timeout_sec=connect_timeout,
             application_name=application_name,
         )
+        self._permits = asyncio.Semaphore(size)
         self._acquire_timeout = acquire_timeout
+        self.waiting = 0
         self.waits_total = 0
         self.acquire_timeouts_total = 0
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psqlpy.Connection]:
-        """A pooled connection; StoreUnavailable when none comes within the acquire timeout."""
-        if self._pool.status().available == 0:
+    async def _acquire(self) -> psqlpy.Connection:
+        """A permit, then a pooled connection, both within the acquire timeout."""
+        if self._permits.locked():
             self.waits_total += 1
         try:
-            conn = await asyncio.wait_for(self._pool.connection(), self._acquire_timeout)
+            async with asyncio.timeout(self._acquire_timeout):
+                self.waiting += 1
+                try:
+                    await self._permits.acquire()
+                finally:
+                    self.waiting -= 1
+                try:
+                    return await self._pool.connection()
+                except BaseException:
+                    self._permits.release()
+                    raise
         except TimeoutError:
             self.acquire_timeouts_total += 1
             raise StoreUnavailable("no database connection available in time") from None
@@ -82,6 +127,11 @@ class Database:
             if is_unavailable(exc):
                 raise StoreUnavailable("database unreachable") from exc
             raise
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psqlpy.Connection]:
+        """A pooled connection; StoreUnavailable when none comes within the acquire timeout."""
+        conn = await self._acquire()
         try:
             yield conn
         except pg_errors.Error as exc:
@@ -90,6 +140,7 @@ class Database:
             raise
         finally:
             conn.close()
+            self._permits.release()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psqlpy.Transaction]:
@@ -113,7 +164,7 @@ class Database:
             max_size=status.max_size,
             in_use=status.size - status.available,
             idle=status.available,
-            waiting=status.waiting,
+            waiting=self.waiting,
             waits_total=self.waits_total,
             acquire_timeouts_total=self.acquire_timeouts_total,
         )

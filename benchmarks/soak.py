@@ -1,0 +1,353 @@
+"""Soak test: the real service (http, grpc and worker roles) under sustained mixed REST + gRPC load.
+
+    python -m benchmarks.soak                      # 10 minutes (SOAK_SECONDS overrides)
+    python -m benchmarks.soak --seconds 60         # the CI version
+
+Every --interval seconds (10) it records, per transport, the requests and errors of that interval
+and their p99, and the RSS of every process of the service (supervisor, role processes, granian
+workers). It fails (exit 1) on any error, on a service process that died or was replaced, on an
+event pipeline that did not drain at the end, or on any process whose RSS grew more than
+--max-rss-growth (10%) between the end of the warm-up and the end of the run.
+
+PostgreSQL and Redis: DATABASE_URL / REDIS_URL, else the local servers, else embedded ones; the
+run uses a schema and a stream of its own and removes both afterwards. The load is the project's
+load tool (benchmarks.load, its Python drivers, scenario `mixed`) run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import psqlpy
+import uvloop
+
+from benchmarks.load import Plan, Shard, _percentile, _run_shard, _seed
+
+DEFAULT_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await psqlpy.connect(dsn=dsn, connect_timeout_sec=5)
+    try:
+        await conn.execute_batch(sql)
+    finally:
+        conn.close()
+
+
+class Service:
+    """`orders-service serve` with all roles, on free ports, in a schema and a stream of its own."""
+
+    def __init__(self, base_dsn: str, redis_url: str, http_workers: int) -> None:
+        self.schema = f"soak_{uuid.uuid4().hex[:10]}"
+        self.base_dsn = base_dsn
+        separator = "&" if "?" in base_dsn else "?"
+        self.dsn = f"{base_dsn}{separator}options={quote(f'-c search_path={self.schema}', safe='')}"
+        self.redis_url = redis_url
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.stream = f"orders-soak-{uuid.uuid4().hex[:8]}"
+        self.log = tempfile.NamedTemporaryFile(prefix="orders-soak-", suffix=".log", delete=False)  # noqa: SIM115
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "GRPC_PORT": str(self.grpc_port),
+            "PPROF_PORT": str(free_port()),
+            "BIND": "127.0.0.1",
+            "DATABASE_URL": self.dsn,
+            "REDIS_URL": redis_url,
+            "EVENTS_STREAM": self.stream,
+            "HTTP_WORKERS": str(http_workers),
+            "GRPC_WORKERS": "1",
+            "WORKER_PROCESSES": "1",
+            "ROLES": "http,grpc,worker",
+            "LOG_LEVEL": "WARNING",  # an access line per request would be most of the work
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        asyncio.run(_admin(self.base_dsn, f"CREATE SCHEMA {self.schema}"))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200
+                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
+                    pass
+                if ready and len(self.processes()) >= 6:
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the service did not become ready; log: {self.log.name}")
+
+    def processes(self) -> dict[str, int]:
+        """name -> pid of every process of the service."""
+        assert self.process is not None
+        found = {"supervisor": self.process.pid}
+        for pid in children(self.process.pid):
+            try:
+                args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            except OSError:
+                continue
+            role = args[args.index("role") + 1] if "role" in args else f"pid{pid}"
+            found[role] = pid
+            for index, worker in enumerate(sorted(children(pid)), 1):
+                found[f"{role}-worker-{index}"] = worker
+        return found
+
+    def events_figures(self) -> dict[str, Any]:
+        figures: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.port}/metrics/events", timeout=5).json()
+        return figures
+
+    def stop(self) -> int | None:
+        code = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        try:
+            asyncio.run(_admin(self.base_dsn, f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url)
+            client.delete(self.stream, f"{self.stream}.dlq")
+            client.close()
+        except Exception as exc:  # cleanup only
+            print(f"soak: cleanup failed: {exc!r}", file=sys.stderr)
+        return code
+
+
+class Sampler:
+    """Per interval: requests, errors and p99 of each transport; RSS of every service process."""
+
+    def __init__(self, service: Service, shards: dict[str, Shard], interval: float) -> None:
+        self.service = service
+        self.shards = shards
+        self.interval = interval
+        self.samples: list[dict[str, Any]] = []
+        self._seen = {name: (0, 0) for name in shards}
+        self.started = time.monotonic()
+
+    def take(self) -> dict[str, Any]:
+        sample: dict[str, Any] = {"t": round(time.monotonic() - self.started, 1)}
+        for name, shard in self.shards.items():
+            done, failed = self._seen[name]
+            latencies = sorted(shard.latencies[done:])
+            errors = sum(shard.errors.values())
+            self._seen[name] = (done + len(latencies), errors)
+            sample[name] = {
+                "requests": len(latencies) + errors - failed,
+                "errors": errors - failed,
+                "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+            }
+        sample["rss_kib"] = {name: rss_kib(pid) for name, pid in self.service.processes().items()}
+        sample["pids"] = self.service.processes()
+        self.samples.append(sample)
+        line = "  ".join(
+            f"{name} {sample[name]['requests']} req {sample[name]['errors']} err p99 {sample[name]['p99_ms']} ms"
+            for name in self.shards
+        )
+        total_mib = sum(sample["rss_kib"].values()) / 1024
+        print(f"[{sample['t']:>6} s] {line}  RSS {total_mib:.0f} MiB", file=sys.stderr, flush=True)
+        return sample
+
+
+async def drive(service: Service, args: argparse.Namespace) -> tuple[Sampler, dict[str, Shard]]:
+    common = {
+        "scenario": "mixed",
+        "base_url": f"http://127.0.0.1:{service.port}",
+        "grpc_target": f"127.0.0.1:{service.grpc_port}",
+        "requests": None,
+        "duration": args.seconds,
+        "seed_ids": [],
+        "progress": False,
+    }
+    seed = await _seed(Plan(transport="rest", concurrency=1, **common))  # type: ignore[arg-type]
+    common["seed_ids"] = seed
+    plans = {
+        "rest": Plan(transport="rest", concurrency=args.rest_concurrency, **common),  # type: ignore[arg-type]
+        "grpc": Plan(transport="grpc", concurrency=args.grpc_concurrency, **common),  # type: ignore[arg-type]
+    }
+    shards = {name: Shard() for name in plans}
+    sampler = Sampler(service, shards, args.interval)
+    runs = [asyncio.ensure_future(_run_shard(plans[name], None, shards[name])) for name in plans]
+    next_at = sampler.started + args.interval
+    while not all(run.done() for run in runs):
+        await asyncio.wait(runs, timeout=max(0.0, next_at - time.monotonic()))
+        if time.monotonic() >= next_at - 0.05:
+            sampler.take()
+            next_at += args.interval
+    for run in runs:
+        run.result()
+    if time.monotonic() - sampler.started > (sampler.samples[-1]["t"] if sampler.samples else 0) + 1:
+        sampler.take()  # the tail of the run
+    return sampler, shards
+
+
+def verdict(sampler: Sampler, shards: dict[str, Shard], args: argparse.Namespace) -> dict[str, Any]:
+    samples = sampler.samples
+    failures: list[str] = []
+    errors = {name: dict(shard.errors) for name, shard in shards.items()}
+    if any(errors.values()):
+        failures.append(f"errors: {errors}")
+    after_warmup = [s for s in samples if s["t"] >= args.warmup - 0.5]
+    if len(after_warmup) < 2:
+        failures.append("too few samples after the warm-up to judge RSS growth")
+        baseline = end = samples[-1] if samples else {"rss_kib": {}, "pids": {}}
+    else:
+        baseline, end = after_warmup[0], after_warmup[-1]
+    rss: dict[str, dict[str, Any]] = {}
+    for name, start_kib in baseline["rss_kib"].items():
+        end_kib = end["rss_kib"].get(name, 0)
+        growth = (end_kib - start_kib) / start_kib if start_kib else 0.0
+        rss[name] = {"start_mib": round(start_kib / 1024, 1), "end_mib": round(end_kib / 1024, 1), "growth": growth}
+        if growth > args.max_rss_growth:
+            failures.append(f"{name}: RSS grew {growth:.1%} after the warm-up (limit {args.max_rss_growth:.0%})")
+    first_pids = samples[0]["pids"] if samples else {}
+    replaced = {name for s in samples for name, pid in s["pids"].items() if first_pids.get(name) not in (None, pid)}
+    vanished = {name for name in first_pids if samples and name not in samples[-1]["pids"]}
+    if replaced or vanished:
+        failures.append(f"service processes died or were replaced: {sorted(replaced | vanished)}")
+    requests = {name: len(shard.latencies) + sum(shard.errors.values()) for name, shard in shards.items()}
+    p99_by_interval = {name: [s[name]["p99_ms"] for s in samples] for name in shards}
+    return {
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "interval_s": args.interval,
+        "concurrency": {"rest": args.rest_concurrency, "grpc": args.grpc_concurrency},
+        "requests": requests,
+        "requests_total": sum(requests.values()),
+        "errors": errors,
+        "error_count": sum(sum(e.values()) for e in errors.values()),
+        "p99_ms_by_interval": p99_by_interval,
+        "p99_ms_max": {name: max(values, default=0.0) for name, values in p99_by_interval.items()},
+        "rss": rss,
+        "rss_total_mib": {
+            "start": round(sum(baseline["rss_kib"].values()) / 1024, 1),
+            "end": round(sum(end["rss_kib"].values()) / 1024, 1),
+        },
+        "samples": samples,
+        "failures": failures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="load duration (SOAK_SECONDS)")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, help="seconds before the RSS baseline (default: 1/5, 20..60 s)")
+    parser.add_argument("--max-rss-growth", type=float, default=0.10, help="allowed RSS growth after the warm-up")
+    parser.add_argument("--rest-concurrency", type=int, default=16)
+    parser.add_argument("--grpc-concurrency", type=int, default=8)
+    parser.add_argument("--http-workers", type=int, default=2)
+    parser.add_argument("--json", dest="json_path", default="benchmarks/soak-latest.json")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = min(60.0, max(20.0, args.seconds / 5))
+    if args.seconds < args.warmup + 2 * args.interval:
+        parser.error("--seconds must cover the warm-up and at least two intervals after it")
+
+    from service.devservers import resolve_services
+
+    data_dir = Path(tempfile.mkdtemp(prefix="orders-soak-data-"))
+    services = resolve_services(data_dir, database_name="orders_soak", persistent=False)
+    service = Service(services.database_url, services.redis_url, args.http_workers)
+    drained: dict[str, Any] = {}
+    exit_code: int | None = None
+    try:
+        service.start()
+        print(
+            f"soak: {args.seconds:.0f} s of mixed REST (x{args.rest_concurrency}) + gRPC (x{args.grpc_concurrency}) "
+            f"load; warm-up {args.warmup:.0f} s; service log {service.log.name}",
+            file=sys.stderr,
+        )
+        sampler, shards = uvloop.run(drive(service, args))
+        report = verdict(sampler, shards, args)
+        # The worker kept up: the outbox and the stream drain once the load stops.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            drained = service.events_figures()
+            if (
+                drained["outbox"]["backlog"] == 0
+                and drained["stream"]["pending"] == 0
+                and drained["stream"]["lag"] == 0
+            ):
+                break
+            time.sleep(0.5)
+        else:
+            report["failures"].append(f"the event pipeline did not drain within 60 s: {drained}")
+        report["events_after"] = drained
+    finally:
+        exit_code = service.stop()
+        services.stop()
+    if exit_code != 0:
+        report["failures"].append(f"the service exited {exit_code} on SIGTERM")
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    Path(args.json_path).write_text(json.dumps(report, indent=2))
+    print(summary(report))
+    return 1 if report["failures"] else 0
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"soak {report['seconds']:.0f} s: {report['requests_total']} requests "
+        f"(REST {report['requests']['rest']}, gRPC {report['requests']['grpc']}), {report['error_count']} errors",
+        f"  p99 per {report['interval_s']:.0f} s, ms: REST {report['p99_ms_by_interval']['rest']}",
+        f"                        gRPC {report['p99_ms_by_interval']['grpc']}",
+        "  RSS after warm-up -> end (MiB): total "
+        f"{report['rss_total_mib']['start']} -> {report['rss_total_mib']['end']}",
+    ]
+    for name, figures in report["rss"].items():
+        lines.append(f"    {name:<16} {figures['start_mib']:>7} -> {figures['end_mib']:>7}  ({figures['growth']:+.1%})")
+    lines.append("  PASS" if not report["failures"] else "  FAIL: " + "; ".join(report["failures"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Pool exhaustion: more concurrent requests than pooled connections, all of them slow.
+
+A session of the test's own locks the orders table, so every request that gets a connection
+blocks on the lock. Requests queue for a connection at most DB_ACQUIRE_TIMEOUT and then answer
+503 / UNAVAILABLE; those holding a connection are cancelled by PostgreSQL after
+DB_STATEMENT_TIMEOUT and answer the same. No request waits longer; the queue is empty
+afterwards and the service serves normally as soon as the lock is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import httpx
+import psqlpy
+import pytest
+
+from service.domain import StoreUnavailable
+from service.grpc.pb import orders_pb2, orders_pb2_grpc
+from service.store.database import Database
+from tests.conftest import IsolatedSchema
+from tests.e2e.conftest import ServiceProcess
+from tests.faults.conftest import PrivatePostgres, PrivateRedis, record_figures
+
+POOL_SIZE = 2
+ACQUIRE_TIMEOUT = 1.0
+STATEMENT_TIMEOUT = 3.0
+CONCURRENT = 50
+# Scheduling slack on a busy 2-core machine; an unbounded wait would hit the client's 30 s.
+MARGIN = 1.5
+
+
+async def _lock_orders(dsn: str) -> AsyncIterator[None]:
+    conn = await psqlpy.connect(dsn=dsn)
+    tx = conn.transaction()
+    await tx.begin()
+    await tx.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        await tx.rollback()
+        conn.close()
+
+
+@pytest.mark.e2e
+def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
+    run_service: Callable[..., ServiceProcess],
+) -> None:
+    proc = run_service(
+        private_postgres.url,
+        private_redis.url,
+        roles="http,grpc",
+        DB_POOL_SIZE=str(POOL_SIZE),
+        DB_ACQUIRE_TIMEOUT=str(ACQUIRE_TIMEOUT),
+        DB_STATEMENT_TIMEOUT=str(STATEMENT_TIMEOUT),
+    )
+
+    async def scenario() -> tuple[list[tuple[str, str, float]], dict[str, int], list[int]]:
+        async with (
+            httpx.AsyncClient(base_url=proc.base_url, timeout=30, limits=httpx.Limits(max_connections=100)) as http,
+            grpc.aio.insecure_channel(proc.grpc_target) as channel,
+        ):
+            stub = orders_pb2_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
+            order_id = (await http.post("/orders", json={"product": "seed", "quantity": 1})).json()["id"]
+
+            async def rest(n: int) -> tuple[str, str, float]:
+                started = time.monotonic()
+                if n % 2:
+                    response = await http.get(f"/orders/{order_id}")
+                else:
+                    response = await http.post("/orders", json={"product": "slow", "quantity": 1})
+                return "rest", str(response.status_code), time.monotonic() - started
+
+            async def rpc(n: int) -> tuple[str, str, float]:
+                started = time.monotonic()
+                try:
+                    await stub.GetOrder(orders_pb2.GetOrderRequest(id=order_id), timeout=30)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                return "grpc", code, time.monotonic() - started
+
+            locked = _lock_orders(private_postgres.url)
+            await locked.__anext__()
+            try:
+                results = await asyncio.gather(
+                    *(rest(n) for n in range(CONCURRENT * 2 // 3)),
+                    *(rpc(n) for n in range(CONCURRENT - CONCURRENT * 2 // 3)),
+                )
+                pool = (await http.get("/metrics/db")).json()
+            finally:
+                await locked.aclose()
+            after = [(await http.get(f"/orders/{order_id}")).status_code for _ in range(5)]
+            after.append((await http.post("/orders", json={"product": "after", "quantity": 1})).status_code)
+            return results, pool, after
+
+    results, pool, after = asyncio.run(scenario())
+    outcomes = Counter((transport, code) for transport, code, _ in results)
+    assert set(outcomes) <= {("rest", "503"), ("grpc", "UNAVAILABLE")}, outcomes
+    slowest = max(seconds for _, _, seconds in results)
+    assert slowest <= STATEMENT_TIMEOUT + MARGIN, f"a request waited {slowest:.2f} s"
+    # Only requests that got one of the (2 http workers + 1 grpc) * POOL_SIZE connections waited
+    # for the statement timeout; every other one gave up after the acquire timeout.
+    held = [seconds for _, _, seconds in results if seconds > ACQUIRE_TIMEOUT + MARGIN]
+    assert len(held) <= 3 * POOL_SIZE, sorted(held)
+    assert pool["waiting"] == 0 and pool["in_use"] == 0, pool  # nothing left queued once they answered
+    assert pool["acquire_timeouts_total"] > 0
+    assert after == [200] * 5 + [201]
+    record_figures(
+        "pool-exhaustion",
+        {
+            "requests": len(results),
+            "answers": {f"{t} {c}": n for (t, c), n in outcomes.items()},
+            "slowest_s": round(slowest, 2),
+            "held_a_connection": len(held),
+            "gave_up_after_acquire_timeout": len(results) - len(held),
+            "pool_after": pool,
+        },
+    )
+
+
+# ---- the Database pool itself (regressions of the two findings) --------------------------------
+
+
+@pytest.mark.integration
+async def test_timed_out_acquires_leave_no_waiter_behind(schema: IsolatedSchema) -> None:
+    """psqlpy does not withdraw an acquire that timed out (it stays queued in the pool): the
+    Database queues requests itself, so a timed-out request leaves no waiter behind."""
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=0.2)
+    try:
+        async with db.connection(), db.connection():
+            outcomes = await asyncio.gather(*(db.fetch("SELECT 1") for _ in range(30)), return_exceptions=True)
+            assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+            assert db.stats().waiting == 0
+            assert db._pool.status().waiting == 0  # nothing queued inside psqlpy either
+            assert db.stats().acquire_timeouts_total == 30
+        assert await db.fetch("SELECT 1") == [(1,)]
+        assert db.stats().in_use == 0
+        # every permit came back: as many connections as the pool holds can be taken at once
+        async with db.connection(), db.connection():
+            pass
+    finally:
+        db.close()
+
+
+@pytest.mark.integration
+async def test_a_statement_blocked_longer_than_the_statement_timeout_is_unavailable(schema: IsolatedSchema) -> None:
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=1.0, statement_timeout=0.3)
+    locker = await psqlpy.connect(dsn=schema.dsn)
+    try:
+        tx = locker.transaction()
+        await tx.begin()
+        await tx.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StoreUnavailable):
+            await db.fetch("SELECT count(*) FROM orders WHERE id = $1", [uuid.uuid4()])
+        await tx.rollback()
+        assert await db.fetch("SELECT count(*) FROM orders") == [(0,)]  # the connection is fine afterwards
+        assert (await db.fetch("SHOW search_path"))[0][0] == schema.name  # the DSN's own options are kept
+    finally:
+        locker.close()
+        db.close()

@@ -1,0 +1,75 @@
+"""Redis down for REDIS_OUTAGE_SECONDS (default 30) under mixed REST + gRPC load.
+
+Nothing in the request path touches Redis, so REST and gRPC answer every request throughout;
+the relay and the consumer back off and catch up once Redis is back: every outbox event is in
+the stream and every acknowledged order is confirmed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from tests.e2e.conftest import ServiceProcess
+from tests.faults.conftest import (
+    Load,
+    PrivatePostgres,
+    PrivateRedis,
+    missing_orders,
+    record_figures,
+    sql,
+    unconfirmed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE_SECONDS = float(os.environ.get("REDIS_OUTAGE_SECONDS", "30"))
+
+
+def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwards(
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
+    run_service: Callable[..., ServiceProcess],
+) -> None:
+    proc = run_service(private_postgres.url, private_redis.url)
+    with Load(proc.base_url, proc.grpc_target, pause=0.02) as load:
+        time.sleep(2.0)
+        down_at = time.monotonic()
+        private_redis.stop()
+        time.sleep(OUTAGE_SECONDS)
+        private_redis.start()
+        up_at = time.monotonic()
+        time.sleep(1.0)
+    during = load.between(down_at, up_at)
+    assert len(during) > 100, "too little load during the outage to mean anything"
+    assert load.errors() == {}, load.errors()
+    acked = list(load.acked)
+    assert missing_orders(private_postgres.url, acked) == []
+    wait_until(lambda: unconfirmed(private_postgres.url, acked) == 0, timeout=60, what="all confirmed")
+    confirmed_after = time.monotonic() - up_at  # Redis back -> every acknowledged order confirmed
+    assert sql(private_postgres.url, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        raw: Any = client.xrange(proc.stream)
+        published = {fields[b"event_id"].decode() for _, fields in raw}
+        wait_until(lambda: int(client.xpending(proc.stream, "order-processors")["pending"]) == 0, what="all acked")
+    finally:
+        client.close()
+    outbox = {str(row[0]) for row in sql(private_postgres.url, "SELECT event_id FROM outbox")}
+    assert outbox - published == set(), "events missing from the stream"
+    record_figures(
+        "redis-outage",
+        {
+            **load.summary(),
+            "outage_s": OUTAGE_SECONDS,
+            "requests_during_outage": len(during),
+            "events": len(outbox),
+            "all_confirmed_after_redis_back_s": round(confirmed_after, 2),
+        },
+    )
