@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# What the pure-Python run covers: everything that runs service code (the fault, hostile-input
+# and soak suites test process and network behaviour that the twins do not touch).
+PURE_TESTS ?= tests/unit tests/integration tests/e2e benchmarks
 
-.PHONY: install run test test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results \
-	pprof-cpu pprof-dump pprof-web
+.PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes \
+	pprof-cpu pprof-dump pprof-web soak test-faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +27,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## The suite again with the pure-Python twins of native/ forced (ORDERS_NATIVE=0).
+test-pure: $(STAMP)
+	ORDERS_NATIVE=0 $(BIN)/python -m pytest -q $(PURE_TESTS)
+
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
@@ -32,6 +39,18 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e
+
+## Fault injection (also part of `make test`): private PostgreSQL/Redis restarted, stopped, exhausted;
+## SIGTERM/SIGKILL of the service's processes. Prints each scenario's figures (RELIABILITY.md).
+REDIS_OUTAGE_SECONDS ?= 30
+test-faults: $(STAMP)
+	REDIS_OUTAGE_SECONDS=$(REDIS_OUTAGE_SECONDS) $(BIN)/python -m pytest -q -s tests/faults
+
+## Soak: the whole service under mixed REST + gRPC load for SOAK_SECONDS (default 600); fails on any
+## error, a died process or RSS growth over 10% after the warm-up. Writes benchmarks/soak-latest.json.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service native tests benchmarks scripts
@@ -62,6 +81,12 @@ bench-compare: bench
 ## Every figure of benchmarks/RESULTS.md in one run: pgbench ceiling, each scenario, RSS (~4 min).
 bench-results: $(STAMP)
 	$(BIN)/python -m benchmarks.results
+
+## The same REST handlers on granian RSGI (production), granian ASGI and robyn, side by side (~2 min):
+## req/s, p50/p99, CPU per request, SIGTERM behaviour; writes benchmarks/runtimes/LATEST.md.
+BENCH_RUNTIMES_ARGS ?=
+bench-runtimes: $(STAMP)
+	$(BIN)/python -m benchmarks.runtimes $(BENCH_RUNTIMES_ARGS)
 
 ## Load tests against a running service (LOADTEST_URL, default http://127.0.0.1:8080).
 LOADTEST_ARGS ?=
