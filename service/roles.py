@@ -10,6 +10,11 @@ log = logging.getLogger(__name__)
 
 
 def run_http(settings: Settings) -> None:
+    serve_granian(settings, "service.http.rsgi:app", interface="rsgi")
+
+
+def serve_granian(settings: Settings, target: str, interface: str, factory: bool = False) -> None:
+    """granian with the options of the http role; `interface` is "rsgi" (production) or "asgi"."""
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
@@ -21,10 +26,11 @@ def run_http(settings: Settings) -> None:
     }
 
     server = Server(
-        "service.http.rsgi:app",
+        target,
+        factory=factory,
         address=settings.bind,
         port=settings.port,
-        interface=Interfaces.RSGI,
+        interface=Interfaces(interface),
         workers=settings.http_workers,
         loop=Loops.uvloop,
         backlog=2048,

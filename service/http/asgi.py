@@ -114,27 +114,10 @@ def create_app() -> AsgiApp:
 
 
 def serve(settings: Settings) -> None:
-    """granian with its ASGI interface and the options `service.roles.run_http` gives RSGI."""
-    from granian.constants import Interfaces, Loops
-    from granian.log import LogLevels
-    from granian.server import Server
+    """granian with its ASGI interface and the options the http role gives RSGI."""
+    from service.roles import serve_granian
 
-    server = Server(
-        "service.http.asgi:create_app",
-        factory=True,
-        address=settings.bind,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=settings.http_workers,
-        loop=Loops.uvloop,
-        backlog=2048,
-        respawn_failed_workers=True,
-        workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
-        log_enabled=True,
-        log_level=LogLevels(settings.log_level.lower()),
-        log_access=False,
-    )
-    server.serve()
+    serve_granian(settings, "service.http.asgi:create_app", interface="asgi", factory=True)
 
 
 if __name__ == "__main__":
