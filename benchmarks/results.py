@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psqlpy
+
+from benchmarks.processes import descendants, free_port, rss_kib
 
 BENCH_DATABASE = "orders_bench"
 SEED_ROWS = 10_000
@@ -70,12 +71,6 @@ LOAD_RUNS: list[tuple[str, str, str, list[str]]] = [
     ("gRPC CreateOrder", "grpc", "create", []),
     ("gRPC mixed", "grpc", "mixed", []),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_database(url: str, name: str) -> str:
@@ -158,20 +153,12 @@ def h2load_get_order(service: Service, seconds: float) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def descendants(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in out.split()]
-    return [d for c in children for d in (c, *descendants(c))]
-
-
 def process_rss(pid: int) -> tuple[str, float]:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return "", 0.0
-    rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return cmdline, rss_kb / 1024
+    return cmdline, rss_kib(pid) / 1024
 
 
 class Service:

@@ -36,29 +36,9 @@ import psqlpy
 import uvloop
 
 from benchmarks.load import Plan, Shard, _percentile, _run_shard, _seed
+from benchmarks.processes import children, free_port, rss_kib, start_until_ready
 
 DEFAULT_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 async def _admin(dsn: str, sql: str) -> None:
@@ -101,33 +81,30 @@ class Service:
 
     def start(self, timeout: float = 60.0) -> None:
         asyncio.run(_admin(self.base_dsn, f"CREATE SCHEMA {self.schema}"))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200
-                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
-                    pass
-                if ready and len(self.processes()) >= 6:
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the service did not become ready; log: {self.log.name}")
 
-    def processes(self) -> dict[str, int]:
+        def ready(pid: int) -> bool:
+            if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code != 200:
+                return False
+            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
+                pass
+            return len(self.processes(pid)) >= 6
+
+        self.process = start_until_ready(
+            [sys.executable, "-m", "service", "serve"],
+            self.env,
+            self.log,
+            ready,
+            timeout,
+            not_yet=(httpx.HTTPError, OSError),
+        )
+
+    def processes(self, supervisor: int | None = None) -> dict[str, int]:
         """name -> pid of every process of the service."""
-        assert self.process is not None
-        found = {"supervisor": self.process.pid}
-        for pid in children(self.process.pid):
+        if supervisor is None:
+            assert self.process is not None
+            supervisor = self.process.pid
+        found = {"supervisor": supervisor}
+        for pid in children(supervisor):
             try:
                 args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
             except OSError:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import psqlpy
 import pytest
 
+from benchmarks.processes import free_port as free_port  # shared with the benchmark commands
 from service.store.migrator import migrate
 
 
@@ -94,13 +95,6 @@ async def schema(test_services: TestServices) -> AsyncIterator[IsolatedSchema]:
         yield isolated
     finally:
         await isolated.drop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psqlpy
 
-from benchmarks.runtimes.servers import RUNTIMES, RuntimeServer, alive, cpu_seconds, process_tree
+from benchmarks.processes import descendants
+from benchmarks.runtimes.servers import RUNTIMES, RuntimeServer, alive, cpu_seconds
 from benchmarks.wrk_driver import wrk_binary
 
 DATABASE = "orders_runtimes"
@@ -102,7 +103,7 @@ class CpuSampler(threading.Thread):
         self.window = ""
 
     def _wrk_running(self) -> bool:
-        for pid in process_tree(self.load_pid)[1:]:
+        for pid in descendants(self.load_pid):
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "wrk":
                     return True

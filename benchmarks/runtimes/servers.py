@@ -19,12 +19,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+
+from benchmarks.processes import descendants, free_port, start_until_ready
 
 RUNTIMES: dict[str, list[str]] = {
     "rsgi": [sys.executable, "-m", "service", "serve", "--roles", "http"],
@@ -33,31 +34,6 @@ RUNTIMES: dict[str, list[str]] = {
 }
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of every thread of `pid` (a process may fork from any of its threads)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                found.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
-    return found
-
-
-def process_tree(pid: int) -> list[int]:
-    tree = [pid]
-    for child in children(pid):
-        tree.extend(process_tree(child))
-    return tree
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -131,28 +107,19 @@ class RuntimeServer:
         return self.process.pid
 
     def start(self, timeout: float = 60.0) -> RuntimeServer:
-        self.process = subprocess.Popen(
+        self.process = start_until_ready(
             RUNTIMES[self.runtime],
-            env=self.env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.env,
+            self.log_file,
+            lambda _pid: httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200,
+            timeout,
+            name=self.runtime,
+            not_yet=(httpx.HTTPError, OSError),
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.runtime} exited early ({self.process.returncode}):\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"{self.runtime} did not answer /health within {timeout} s:\n{self.logs()}")
+        return self
 
     def tree(self) -> list[int]:
-        return process_tree(self.pid)
+        return [self.pid, *descendants(self.pid)]
 
     def terminate(self) -> None:
         assert self.process is not None

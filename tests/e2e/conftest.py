@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,13 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.processes import descendants, start_until_ready
 from tests.conftest import IsolatedSchema, TestServices, free_port
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in out.split()]
-    return [d for c in children for d in (c, *_descendants(c))]
 
 
 class ServiceProcess:
@@ -62,27 +56,18 @@ class ServiceProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, wait_for_grpc: bool = False, timeout: float = 30.0) -> None:
-        self.process = subprocess.Popen(
+        def ready(_pid: int) -> bool:
+            healthy = httpx.get(f"{self.base_url}/health", timeout=0.5).status_code == 200
+            return healthy and (not wait_for_grpc or self._grpc_answers())
+
+        self.process = start_until_ready(
             [sys.executable, "-m", "service", "serve"],
-            env=self.env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.env,
+            self.log_file,
+            ready,
+            timeout,
+            not_yet=(httpx.HTTPError, OSError),
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited early ({self.process.returncode}):\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=0.5).status_code == 200 and (
-                    not wait_for_grpc or self._grpc_answers()
-                ):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"service did not become healthy:\n{self.logs()}")
 
     def _grpc_answers(self) -> bool:
         import socket
@@ -109,7 +94,7 @@ class ServiceProcess:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for pid in [*_descendants(self.process.pid), self.process.pid]:
+            for pid in [*descendants(self.process.pid), self.process.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.process.wait()

@@ -5,18 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import psqlpy
 
+from benchmarks.processes import children
 from tests.conftest import IsolatedSchema
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def _running(pid: int) -> bool:
@@ -80,23 +75,23 @@ def test_sigint_also_stops_cleanly(start_service) -> None:  # type: ignore[no-un
 
 def test_crashed_http_worker_is_respawned(start_service) -> None:  # type: ignore[no-untyped-def]
     service = start_service()
-    (http_role,) = _children(service.process.pid)
-    workers = _children(http_role)
+    (http_role,) = children(service.process.pid)
+    workers = children(http_role)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    assert _wait_until(lambda: len(_children(http_role)) == 2 and workers[0] not in _children(http_role))
+    assert _wait_until(lambda: len(children(http_role)) == 2 and workers[0] not in children(http_role))
     assert _wait_until(lambda: httpx.get(f"{service.base_url}/health").status_code == 200)
     assert service.process.poll() is None
 
 
 def test_killed_role_process_is_restarted_by_the_supervisor(start_service) -> None:  # type: ignore[no-untyped-def]
     service = start_service()
-    (http_role,) = _children(service.process.pid)
-    workers = _children(http_role)
+    (http_role,) = children(service.process.pid)
+    workers = children(http_role)
     os.kill(http_role, signal.SIGKILL)  # its workers are orphaned: the supervisor must clean them up
 
     def restarted() -> bool:
-        kids = _children(service.process.pid)
+        kids = children(service.process.pid)
         if len(kids) != 1 or kids[0] == http_role:
             return False
         try:

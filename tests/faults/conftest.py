@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ import grpc
 import httpx
 import pytest
 
+from benchmarks.processes import children
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.store.database import Database
 from tests.e2e.conftest import ServiceProcess
@@ -89,7 +89,7 @@ def role_pids(proc: ServiceProcess) -> dict[str, list[int]]:
     (the http role's granian workers) as "<role>-worker"."""
     assert proc.process is not None
     found: dict[str, list[int]] = {}
-    for pid in _children(proc.process.pid):
+    for pid in children(proc.process.pid):
         try:
             args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
         except FileNotFoundError:
@@ -98,22 +98,9 @@ def role_pids(proc: ServiceProcess) -> dict[str, list[int]]:
             continue
         role = args[args.index("role") + 1]
         found.setdefault(role, []).append(pid)
-        for worker in _children(pid):
+        for worker in children(pid):
             found.setdefault(f"{role}-worker", []).append(worker)
     return found
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def sql(dsn: str, statement: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
