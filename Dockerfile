@@ -44,8 +44,13 @@ RUN python3 -m venv /opt/build
 WORKDIR /src
 
 # Dependency wheels first, from pyproject.toml alone, so editing the code reuses this layer.
+# EXTRAS: optional extras to install as well, comma-separated; `--build-arg EXTRAS=tracing`
+# makes OTEL_EXPORTER_OTLP_ENDPOINT usable in the container (the default image leaves it out).
+ARG EXTRAS=""
 COPY pyproject.toml ./
-RUN /opt/build/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="${EXTRAS}" /opt/build/bin/python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
     && /opt/build/bin/pip wheel --no-cache-dir -w /wheels -r /tmp/requirements.txt
 
