@@ -9,7 +9,7 @@ PURE_TESTS ?= tests/unit tests/integration tests/e2e benchmarks
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
 	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes \
-	pprof-cpu pprof-dump pprof-web soak test-faults
+	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ test-e2e: $(STAMP)
 REDIS_OUTAGE_SECONDS ?= 30
 test-faults: $(STAMP)
 	REDIS_OUTAGE_SECONDS=$(REDIS_OUTAGE_SECONDS) $(BIN)/python -m pytest -q -s tests/faults
+
+## Hostile input: schemathesis against the service's /openapi.json with every check, FUZZ_EXAMPLES
+## examples per operation (the suite runs 30) and a new seed each run (FUZZ_SEED=n repeats one).
+FUZZ_EXAMPLES ?= 500
+FUZZ_SEED ?=
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q -s --timeout 3600 \
+		tests/hostile/test_schemathesis.py
 
 ## Soak: the whole service under mixed REST + gRPC load for SOAK_SECONDS (default 600); fails on any
 ## error, a died process or RSS growth over 10% after the warm-up. Writes benchmarks/soak-latest.json.

@@ -34,6 +34,10 @@ class CursorCodec:
             return None
         if len(raw) != _RAW_SIZE or raw[:1] != _VERSION:
             return None
+        # One spelling per cursor: base64 decoding ignores the last character's spare bits, padding
+        # and characters outside the alphabet, so other strings than the issued one would decode.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != cursor:
+            return None
         payload, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
         if not hmac.compare_digest(tag, self._tag(payload)):
             return None

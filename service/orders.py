@@ -78,6 +78,8 @@ def _validate_product(product: object, violations: list[FieldViolation]) -> None
         violations.append(FieldViolation("product", "must not be blank"))
     elif len(product) > MAX_PRODUCT_LENGTH:
         violations.append(FieldViolation("product", f"must be at most {MAX_PRODUCT_LENGTH} characters"))
+    elif "\x00" in product:  # PostgreSQL text cannot hold NUL: it would fail as a 500 in the store
+        violations.append(FieldViolation("product", "must not contain NUL characters"))
 
 
 def _validate_quantity(quantity: object, violations: list[FieldViolation]) -> None:

@@ -58,7 +58,7 @@ _IF_MATCH_PARAM = {
     "in": "header",
     "required": False,
     "description": 'Expected version as an entity tag, e.g. "3"; 412 when the order has moved on.',
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "format": "entity-tag", "pattern": r'^[ \t]*(\*|(W/)?"[0-9]{1,19}")[ \t]*$'},
 }
 _IDEMPOTENCY_PARAM = {
     "name": "Idempotency-Key",
@@ -79,12 +79,19 @@ _ORDER_HEADERS = {"ETag": _STRING_HEADER, "X-Request-ID": _STRING_HEADER}
 
 def _with_constraints(schemas: dict[str, Any]) -> None:
     """Document the service layer's rules on the wire types (the service enforces them)."""
-    product = {"type": "string", "minLength": 1, "maxLength": MAX_PRODUCT_LENGTH, "pattern": r"\S"}
+    # Not blank, no NUL (PostgreSQL text cannot hold it).
+    product = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_PRODUCT_LENGTH,
+        "pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+    }
+    # An integral number (3.0 is 3, as in JSON Schema); the wire types decode it as int | float.
     quantity = {"type": "integer", "minimum": MIN_QUANTITY, "maximum": MAX_QUANTITY}
     for name in ("CreateOrderBody", "UpdateOrderBody", "Order"):
         props = schemas[name]["properties"]
         props["product"] = {**props["product"], **product}
-        props["quantity"] = {**props["quantity"], **quantity}
+        props["quantity"] = quantity
     schemas["Order"]["properties"]["version"]["minimum"] = 1
 
 
@@ -144,8 +151,9 @@ def build_openapi() -> dict[str, Any]:
                         "name": "cursor",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string"},
-                        "description": "Opaque cursor from the previous page's Link header",
+                        "schema": {"type": "string", "format": "page-cursor", "maxLength": 64},
+                        "description": "Opaque cursor from the previous page's Link header; 400 when it was "
+                        "not issued by this service (malformed or tampered with)",
                     },
                     {
                         "name": "status",

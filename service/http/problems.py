@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _PROBLEM_BASE = "https://orders-service.dev/problems/"
 _encode = msgspec.json.Encoder().encode
-_FIELD_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_FIELD_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = "Object missing required field `"
+_UNKNOWN = "Object contains unknown field `"
 
 
 class HttpError(Exception):
@@ -60,21 +62,21 @@ def bad_request(field: str, message: str) -> HttpError:
     )
 
 
-def decode_error(exc: msgspec.DecodeError) -> HttpError:
+def decode_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> HttpError:
     """A 400 naming the field msgspec rejected (or `body` when the JSON itself is malformed)."""
+    if isinstance(exc, UnicodeDecodeError):  # msgspec's answer to invalid UTF-8 inside a string
+        return bad_request("body", "is not valid UTF-8")
     message = str(exc)
     if isinstance(exc, msgspec.ValidationError):
-        match = _FIELD_PATH.search(message)
+        # A missing or unknown field of the body object: its name is all that stands between the
+        # message's own quotes (a client's field name may itself hold backticks or "at `$.x`").
+        for prefix, meaning in ((_MISSING, "is required"), (_UNKNOWN, "is not a known field")):
+            if message.startswith(prefix) and message.endswith("`"):
+                return bad_request(message[len(prefix) : -1], meaning)
+        match = _FIELD_PATH.search(message)  # the path is a suffix
         field = match.group(1) if match and match.group(1) else "body"
-        text = _FIELD_PATH.sub("", message).strip().rstrip("-").strip()
-        if text.startswith("Object missing required field"):
-            field = text.split("`")[1]
-            text = "is required"
-        elif text.startswith("Object contains unknown field"):
-            field = text.split("`")[1]
-            text = "is not a known field"
-        else:
-            text = text[0].lower() + text[1:] if text else "is invalid"
+        text = message[: match.start()] if match else message
+        text = text[0].lower() + text[1:] if text else "is invalid"
         return bad_request(field, text)
     return bad_request("body", f"is not valid JSON ({message})")
 
