@@ -17,19 +17,26 @@ from service.events.stream import StreamNames
 from service.http.core import RestApi
 from service.http.openapi import openapi_bytes
 from service.observability.metrics import PrometheusMetrics
+from service.observability.tracing import NO_TRACER, Tracer, tracer_for
 from service.orders import OrderService
 from service.store.database import Database
-from service.store.postgres import PostgresOrderStore, PostgresOutbox
+from service.store.postgres import PostgresOrderStore, PostgresOutbox, TracedPostgresOrderStore
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Resources:
-    """What one process owns and must close: its database pool and Redis client."""
+    """What one process owns and must close: its database pool, Redis client and tracer.
 
-    def __init__(self, settings: Settings, *, role: str) -> None:
+    `tracer`: None builds this process's own (a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set);
+    a given one (tests) is used as is and left open.
+    """
+
+    def __init__(self, settings: Settings, *, role: str, tracer: Tracer | None = None) -> None:
         self.settings = settings
+        self._owns_tracer = tracer is None
+        self.tracer: Tracer = tracer_for(settings, role) if tracer is None else tracer
         self.db = Database(
             settings.database_url or DEFAULT_DATABASE_URL,
             pool_size=settings.db_pool_size,
@@ -46,12 +53,23 @@ class Resources:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """Close the pool and flush the tracer (what a binding without a running loop can close)."""
         self.db.close()
+        if self._owns_tracer:
+            self.tracer.shutdown()
 
 
-def build_service(settings: Settings, db: Database) -> OrderService:
+def build_service(settings: Settings, db: Database, tracer: Tracer = NO_TRACER) -> OrderService:
+    store = (
+        TracedPostgresOrderStore(db, tracer, coalesce_max_batch=settings.coalesce_max_batch)
+        if tracer.enabled
+        else PostgresOrderStore(db, coalesce_max_batch=settings.coalesce_max_batch)
+    )
     return OrderService(
-        PostgresOrderStore(db, coalesce_max_batch=settings.coalesce_max_batch),
+        store,
         SystemClock(),
         UuidV7Source(),
         CursorCodec(settings.cursor_secret.encode()),
@@ -75,6 +93,7 @@ def build_relay(settings: Settings, resources: Resources) -> Relay:
         maxlen=settings.stream_maxlen,
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
+        tracer=resources.tracer,
     )
 
 
@@ -87,6 +106,7 @@ def build_consumer(settings: Settings, resources: Resources, service: OrderServi
         max_deliveries=settings.max_deliveries,
         retry_backoff_ms=settings.retry_backoff_ms,
         dlq_maxlen=settings.stream_maxlen,
+        tracer=resources.tracer,
     )
 
 
@@ -106,7 +126,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
     events_metrics = EventsMetrics(build_outbox(settings, resources), redis_client, stream_names(settings))
 
     return RestApi(
-        build_service(settings, db),
+        build_service(settings, db, resources.tracer),
         readiness_checks={"postgres": check_postgres, "redis": check_redis},
         json_endpoints={
             "/metrics/db": pool_figures,
@@ -115,4 +135,5 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         openapi_document=openapi_bytes(),
         max_body_bytes=settings.max_body_bytes,
         metrics=PrometheusMetrics(extra=events_metrics.prometheus),
+        tracer=resources.tracer,
     )

@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     coalesce_max_batch: int = 256
     relay_poll_interval: float = 1.0
     purge_interval: float = 60.0
+    # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "orders-service"
 
 
 def redact_url(url: str | None) -> str | None:
@@ -111,6 +114,17 @@ def _url(*schemes: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _otlp_endpoint(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={redact_url(raw)!r} must be an http(s) URL such as http://127.0.0.1:4318")
+    from service.observability.tracing import tracing_installed
+
+    if not tracing_installed():
+        raise ConfigError(f"{name} is set but OpenTelemetry is not installed: pip install 'orders-service[tracing]'")
+    return raw
+
+
 def _log_level(name: str, raw: str) -> str:
     level = raw.strip().upper()
     if level not in LOG_LEVELS:
@@ -167,6 +181,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "COALESCE_MAX_BATCH": ("coalesce_max_batch", _int(1, 1000)),
     "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
+    "OTEL_SERVICE_NAME": ("otel_service_name", _text),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.domain import EventType, StoreUnavailable
 from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
 from service.observability.logging import request_id_var
+from service.observability.tracing import NO_TRACER, Tracer
 from service.orders import OrderService, RequestContext
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,10 @@ class Consumer:
         retry_backoff_ms: int = 1000,
         dlq_maxlen: int | None = None,
         name: str | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._service = service
+        self._tracer = tracer
         self._redis = redis
         self._names = names
         self._claim_idle_ms = claim_idle_ms
@@ -248,10 +251,38 @@ class Consumer:
             request_id_var.reset(token)
 
     async def _dispatch(self, entry: Entry, request_id: str) -> str:
+        """One delivery attempt; traced as a CONSUMER span in the trace of the request that made the
+        event (the outbox row's traceparent), so the consumer's work joins that trace."""
+        if not self._tracer.enabled:
+            return await self._process(entry, request_id)
+        event = text(entry.fields, "event")
+        with self._tracer.span(
+            f"{self._names.stream} process",
+            "consumer",
+            parent=text(entry.fields, "traceparent") or None,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": self._names.stream,
+                "messaging.consumer.group.name": self._names.group,
+                "messaging.message.id": entry.id.decode(),
+                "messaging.message.delivery_count": entry.deliveries,
+                "orders.event": event,
+                "orders.event_id": text(entry.fields, "event_id"),
+            },
+        ) as span:
+            outcome = await self._process(entry, request_id)
+            span.set_attribute("orders.outcome", outcome)
+            return outcome
+
+    async def _process(self, entry: Entry, request_id: str) -> str:
         event = text(entry.fields, "event")
         if event == EventType.CREATED:
             order_id = str(_decode_ref(entry.fields.get(b"payload", b"")).id)
-            ctx = RequestContext(request_id=request_id or None, traceparent=text(entry.fields, "traceparent") or None)
+            ctx = RequestContext(
+                request_id=request_id or None,
+                traceparent=self._tracer.traceparent(text(entry.fields, "traceparent") or None),
+            )
             confirmed = await self._service.confirm(order_id, ctx=ctx)
             return "confirmed" if confirmed else "not pending"
         if event in (EventType.UPDATED, EventType.DELETED):

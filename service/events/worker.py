@@ -53,7 +53,7 @@ async def run(settings: Settings) -> int:
     resources = Resources(settings, role="worker")
     publish_periodically(loop, PoolGauges("worker", resources.db.stats))
     try:
-        service = build_service(settings, resources.db)
+        service = build_service(settings, resources.db, resources.tracer)
         relay = build_relay(settings, resources)
         consumer = build_consumer(settings, resources, service)
         log.info(

@@ -10,10 +10,11 @@ from typing import Any
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.app import Resources, build_service
 from service.config import Settings
+from service.grpc.decoding import ParsingServer
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.servicer import OrderServicer
 from service.observability.metrics import PoolGauges, publish_periodically
@@ -113,15 +114,19 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     resources = Resources(settings, role="grpc")
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    registry = ParsingServer(server)  # request bytes that do not parse answer INVALID_ARGUMENT
     orders_pb2_grpc.add_OrderServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        OrderServicer(build_service(settings, resources.db)), server
+        OrderServicer(build_service(settings, resources.db, resources.tracer), tracer=resources.tracer), registry
     )
     health_servicer = Health()
     for name in HEALTH_NAMES:  # until the first database ping answers
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # what enable_server_reflection does on grpc.aio
+        reflection.aio.ReflectionServicer(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        ),
+        registry,
     )
     address = f"{settings.bind}:{settings.grpc_port}"
     try:

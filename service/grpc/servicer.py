@@ -17,11 +17,13 @@ from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import status_for
 from service.observability.logging import JsonLineHandler, accept_request_id, request_id_var, role_var
 from service.observability.metrics import observe_grpc
+from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService, RequestContext
 
 access_log = logging.getLogger("orders.access")
 Reply = TypeVar("Reply")
 Work = Callable[[RequestContext, dict[str, str]], Awaitable[Reply]]
+SERVICE = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 
 
 class AccessLine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -74,22 +76,50 @@ def expected_version(value: int) -> int | None:
     return value or None
 
 
+# Codes that mean the server failed (OpenTelemetry's gRPC conventions); the others are the client's.
+_SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"))
+
+
 class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
-    def __init__(self, service: OrderService) -> None:
+    def __init__(self, service: OrderService, *, tracer: Tracer = NO_TRACER) -> None:
         self._service = service
+        self._tracer = tracer
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any], work: Work[Reply]) -> Reply:
         """Request id in and out, one access line and metric per call, every failure as a status."""
         started = time.perf_counter()
         metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        if not self._tracer.enabled:
+            return await self._run(method, context, work, metadata, started, NOOP_SPAN)
+        with self._tracer.span(
+            f"{SERVICE}/{method}",
+            "server",
+            parent=metadata.get("traceparent"),
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+        ) as span:
+            return await self._run(method, context, work, metadata, started, span)
+
+    async def _run(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        work: Work[Reply],
+        metadata: dict[str, str],
+        started: float,
+        span: Span,
+    ) -> Reply:
         request_id = accept_request_id(metadata.get("x-request-id"))
         token = request_id_var.set(request_id)
+        span.set_attribute("orders.request_id", request_id)
         code = "OK"
         try:
             await context.send_initial_metadata((("x-request-id", request_id),))
             try:
                 return await work(
-                    RequestContext(request_id=request_id, traceparent=metadata.get("traceparent")), metadata
+                    RequestContext(
+                        request_id=request_id, traceparent=self._tracer.traceparent(metadata.get("traceparent"))
+                    ),
+                    metadata,
                 )
             except asyncio.CancelledError:  # the client went away or its deadline passed
                 code = "CANCELLED"
@@ -100,6 +130,10 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                 await context.abort_with_status(status)
                 raise  # abort_with_status always raises; this keeps type checkers honest
         finally:
+            if span is not NOOP_SPAN:
+                span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+                if code in _SERVER_ERRORS:
+                    span.set_error(code)
             elapsed = time.perf_counter() - started
             observe_grpc(method, code, elapsed)
             log_call(method, code, request_id, elapsed)

@@ -78,5 +78,5 @@ class HttpWorker:
 
     def close(self) -> None:
         if self._resources is not None:
-            self._resources.db.close()
+            self._resources.close_sync()
             self._resources = None

@@ -18,6 +18,7 @@ from service.domain import Order
 from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
 from service.observability.logging import accept_request_id, log_access, request_id_var
+from service.observability.tracing import NO_TRACER, Tracer
 from service.orders import OrderService, RequestContext
 
 JSON = "application/json"
@@ -25,6 +26,9 @@ _encode = msgspec.json.Encoder().encode
 _decode_create = msgspec.json.Decoder(CreateOrderBody).decode
 _decode_update = msgspec.json.Decoder(UpdateOrderBody).decode
 _HEALTH_BODY = _encode(Health(status="ok"))
+# Span names and http.request.method take a known method, else "_OTHER" (OpenTelemetry semantic
+# conventions): a client must not be able to mint span names.
+_TRACED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"))
 
 
 class Headers(Protocol):
@@ -71,12 +75,13 @@ def parse_if_match(raw: str | None) -> int | None:
     """The version an If-Match header demands; None when absent or `*`."""
     if raw is None:
         return None
-    value = raw.strip()
+    value = raw.strip(" \t")
     if value == "*":
         return None
     if value.startswith("W/"):
         value = value[2:]
-    if len(value) >= 3 and value[0] == value[-1] == '"' and value[1:-1].isdigit() and len(value) < 22:
+    digits = value[1:-1]
+    if len(value) >= 3 and value[0] == value[-1] == '"' and digits.isascii() and digits.isdigit() and len(value) < 22:
         return int(value[1:-1])
     raise bad_request("If-Match", 'must be "*" or one entity tag such as "3"')
 
@@ -98,6 +103,7 @@ class RestApi:
         max_body_bytes: int,
         readiness_timeout: float = 2.0,
         metrics: HttpMetrics | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
@@ -105,6 +111,9 @@ class RestApi:
         self._openapi = openapi_document
         self._readiness_timeout = readiness_timeout
         self._metrics: HttpMetrics = metrics if metrics is not None else NoMetrics()
+        self._tracer = tracer
+        if tracer.enabled:  # off: `handle` stays the plain method, not a line of tracing on the path
+            self.handle = self._handle_traced  # type: ignore[method-assign]
         self._order_routes: dict[str, Handler] = {"GET": self._get, "PUT": self._update, "DELETE": self._delete}
         self._static_routes: dict[str, dict[str, Handler]] = {
             "/orders": {"GET": self._list, "POST": self._create},
@@ -146,6 +155,33 @@ class RestApi:
             return response
         finally:
             request_id_var.reset(token)
+
+    async def _handle_traced(self, request: HttpRequest) -> HttpResponse:
+        """`handle` inside a SERVER span that continues the request's traceparent, if any."""
+        template = self._match(request.path)[0]
+        method = request.method if request.method in _TRACED_METHODS else "_OTHER"
+        with self._tracer.span(
+            method if template == "unmatched" else f"{method} {template}",
+            "server",
+            parent=request.headers.get("traceparent"),
+            attributes={"http.request.method": method, "http.route": template, "url.scheme": "http"},
+        ) as span:
+            response = await RestApi.handle(self, request)
+            span.set_attribute("http.response.status_code", response.status)
+            for name, value in reversed(response.headers):
+                if name == "x-request-id":
+                    span.set_attribute("orders.request_id", value)
+                    break
+            if response.status >= 500:
+                span.set_error(f"HTTP {response.status}")
+            return response
+
+    def _context(self, request: HttpRequest, request_id: str) -> RequestContext:
+        """Where a change comes from: the request id, and the trace its event continues (the
+        request's span when tracing, else the incoming traceparent as is)."""
+        return RequestContext(
+            request_id=request_id, traceparent=self._tracer.traceparent(request.headers.get("traceparent"))
+        )
 
     def _match(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """Route template (never a raw id: it labels metrics), its handlers by method, path param."""
@@ -205,13 +241,13 @@ class RestApi:
         body = self._body(request)
         try:
             command = _decode_create(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
             raise decode_error(exc) from None
         result = await self.service.create(
             command.product,
             command.quantity,
             idempotency_key=request.headers.get("idempotency-key"),
-            ctx=RequestContext(request_id=request_id, traceparent=request.headers.get("traceparent")),
+            ctx=self._context(request, request_id),
         )
         extra = [("location", f"/orders/{result.order.id}")]
         if result.replayed:
@@ -223,10 +259,12 @@ class RestApi:
         limit = None
         raw_limit = params.get("limit")
         if raw_limit is not None:
-            if not raw_limit.isdigit() or len(raw_limit) > 9:
+            if not (raw_limit.isascii() and raw_limit.isdigit()) or len(raw_limit) > 9:  # not "²" nor "٣"
                 raise bad_request("limit", "must be an integer between 1 and 1000")
             limit = int(raw_limit)
-        status = params.get("status") or None
+        status = params.get("status")
+        if status == "":  # given but empty: not one of the documented values (absent means "any")
+            raise bad_request("status", "must be one of: pending, confirmed, cancelled")
         page = await self.service.list(limit=limit, cursor=params.get("cursor") or None, status=status)
         headers = [("content-type", JSON)]
         if page.next_cursor is not None:
@@ -241,7 +279,7 @@ class RestApi:
         body = self._body(request)
         try:
             command = _decode_update(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
             raise decode_error(exc) from None
         order = await self.service.update(
             order_id,
@@ -249,7 +287,7 @@ class RestApi:
             quantity=command.quantity,
             status=command.status.value if command.status is not None else None,
             expected_version=expected,
-            ctx=RequestContext(request_id=request_id, traceparent=request.headers.get("traceparent")),
+            ctx=self._context(request, request_id),
         )
         return self._order_response(200, order)
 
@@ -258,7 +296,7 @@ class RestApi:
         await self.service.delete(
             order_id,
             expected_version=expected,
-            ctx=RequestContext(request_id=request_id, traceparent=request.headers.get("traceparent")),
+            ctx=self._context(request, request_id),
         )
         return HttpResponse(204, [])
 

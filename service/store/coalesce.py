@@ -2,6 +2,10 @@
 
 psqlpy costs about the same CPU per query whether it reads one row or fifty, so under concurrent
 load, point reads and plain inserts that arrive together are sent together.
+
+Tracing: a caller may hand `submit` its database span; when the batch goes out, each such span
+gets the batch's size (`db.operation.batch.size`). The statement itself has no span of its own:
+it serves many requests (many traces) at once, and each request's span covers its wait for it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from service.observability.tracing import BATCH_SIZE, Span
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -20,14 +26,17 @@ class Coalescer(Generic[K, V]):
         self._max_batch = max_batch
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
         self._scheduled = False
+        self._spans: list[Span] = []  # of the pending calls that passed one
         self._running: set[asyncio.Task[None]] = set()  # strong references until each batch ends
         self.batches = 0
         self.items = 0
 
-    async def submit(self, item: K) -> V:
+    async def submit(self, item: K, span: Span | None = None) -> V:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[V] = loop.create_future()
         self._pending.append((item, future))
+        if span is not None:
+            self._spans.append(span)
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif not self._scheduled:
@@ -40,6 +49,10 @@ class Coalescer(Generic[K, V]):
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        if self._spans:
+            spans, self._spans = self._spans, []
+            for span in spans:
+                span.set_attribute(BATCH_SIZE, len(batch))
         self.batches += 1
         self.items += len(batch)
         task = asyncio.ensure_future(self._run(batch))

@@ -40,6 +40,8 @@ COMPILERS = ("gcc", "g++", "clang", "build-essential", "cc ", "cython", "rustc",
 INTENTIONALLY_DEFAULTED = {
     "ROLES": "each Kubernetes Deployment passes `serve --roles <role>`; compose runs all roles",
     "COALESCE_MAX_BATCH": "a tuning knob for measurements; its default is what deployments want",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing is opt-in, and the image does not ship the `tracing` extra",
+    "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the
