@@ -3,9 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# What the pure-Python run covers: everything that runs service code (the fault, hostile-input
-# and soak suites test process and network behaviour that the twins do not touch).
-PURE_TESTS ?= tests/unit tests/integration tests/e2e benchmarks
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
 	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes \
@@ -29,7 +26,7 @@ test: $(STAMP)
 
 ## The suite again with the pure-Python twins of native/ forced (ORDERS_NATIVE=0).
 test-pure: $(STAMP)
-	ORDERS_NATIVE=0 $(BIN)/python -m pytest -q $(PURE_TESTS)
+	ORDERS_NATIVE=0 $(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
