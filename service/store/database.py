@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -79,7 +80,17 @@ class Database:
     `acquire_timeout` leaves the queue, and the queue never holds more than the requests
     currently waiting. `statement_timeout` (seconds, 0: none) bounds the time a request may hold
     a connection: PostgreSQL cancels a statement that runs or waits for a lock longer.
+
+    A connection whose use succeeded is kept checked out, on this process's own idle stack, for
+    the next request: a psqlpy pool checkout and return costs about as much CPU as the statement
+    itself (~100 us on the 2-CPU box, benchmarks/RESULTS.md). One that failed in any way goes
+    back to psqlpy's pool, which drops it if it is broken; an availability error empties the
+    stack, since a PostgreSQL restart breaks every connection at once; and one that sat idle
+    longer than `HELD_IDLE_CHECK_SECONDS` is checked with a ping before use, so a restart during
+    a quiet spell costs a ping, not a failed request.
     """
+
+    HELD_IDLE_CHECK_SECONDS = 1.0
 
     def __init__(
         self,
@@ -99,6 +110,8 @@ class Database:
             application_name=application_name,
         )
         self._permits = asyncio.Semaphore(size)
+        self.in_use = 0  # connections handed out (a held idle one is not in use)
+        self._held: list[tuple[psqlpy.Connection, float]] = []  # (connection, monotonic time idle since)
         self._acquire_timeout = acquire_timeout
         self.waiting = 0
         self.waits_total = 0
@@ -116,10 +129,12 @@ class Database:
                 finally:
                     self.waiting -= 1
                 try:
-                    return await self._pool.connection()
+                    conn = await self._checkout()
                 except BaseException:
                     self._permits.release()
                     raise
+                self.in_use += 1
+                return conn
         except TimeoutError:
             self.acquire_timeouts_total += 1
             raise StoreUnavailable("no database connection available in time") from None
@@ -128,19 +143,54 @@ class Database:
                 raise StoreUnavailable("database unreachable") from exc
             raise
 
+    async def _checkout(self) -> psqlpy.Connection:
+        """The most recently used held connection (pinged first if it sat idle long), else one
+        from psqlpy's pool."""
+        while self._held:
+            conn, idle_since = self._held.pop()
+            if time.monotonic() - idle_since < self.HELD_IDLE_CHECK_SECONDS:
+                return conn
+            try:
+                await conn.execute("SELECT 1", prepared=False)
+                return conn
+            except pg_errors.Error:
+                conn.close()
+                self._drop_held()
+        return await self._pool.connection()
+
+    @property
+    def held(self) -> int:
+        """Connections kept checked out for the next request."""
+        return len(self._held)
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, []
+        for conn, _ in held:
+            conn.close()
+
+    def _release(self, conn: psqlpy.Connection, healthy: bool) -> None:
+        if healthy:
+            self._held.append((conn, time.monotonic()))
+        else:
+            conn.close()
+        self.in_use -= 1
+        self._permits.release()
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psqlpy.Connection]:
         """A pooled connection; StoreUnavailable when none comes within the acquire timeout."""
         conn = await self._acquire()
+        healthy = False
         try:
             yield conn
+            healthy = True
         except pg_errors.Error as exc:
             if is_unavailable(exc):
+                self._drop_held()
                 raise StoreUnavailable("database connection failed") from exc
             raise
         finally:
-            conn.close()
-            self._permits.release()
+            self._release(conn, healthy)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psqlpy.Transaction]:
@@ -159,15 +209,17 @@ class Database:
 
     def stats(self) -> PoolStats:
         status = self._pool.status()
+        in_use = self.in_use
         return PoolStats(
             size=status.size,
             max_size=status.max_size,
-            in_use=status.size - status.available,
-            idle=status.available,
+            in_use=in_use,
+            idle=max(0, status.size - in_use),
             waiting=self.waiting,
             waits_total=self.waits_total,
             acquire_timeouts_total=self.acquire_timeouts_total,
         )
 
     def close(self) -> None:
+        self._drop_held()
         self._pool.close()
