@@ -156,6 +156,9 @@ class Database:
             except pg_errors.Error:
                 conn.close()
                 self._drop_held()
+            except BaseException:  # the acquire timed out or was cancelled during the ping
+                conn.close()
+                raise
         return await self._pool.connection()
 
     @property
