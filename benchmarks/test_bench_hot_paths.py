@@ -14,7 +14,7 @@ from service.cursor import CursorCodec
 from service.domain import Order
 from service.grpc.convert import order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2
-from service.http.core import HttpRequest, RestApi
+from service.http.api import HttpRequest, RestApi
 from service.http.problems import decode_error
 from service.http.schemas import CreateOrderBody, UpdateOrderBody
 from service.observability.logging import format_record

@@ -14,7 +14,7 @@ from service.events.consumer import Consumer
 from service.events.metrics import EventsMetrics
 from service.events.relay import Relay
 from service.events.stream import StreamNames
-from service.http.core import RestApi
+from service.http.api import RestApi
 from service.http.openapi import openapi_bytes
 from service.observability.metrics import PrometheusMetrics
 from service.observability.tracing import NO_TRACER, Tracer, tracer_for

@@ -389,7 +389,7 @@ ASGI) stops accepting, finishes the request, closes the pools and exits 0."""
 def write_latest(path: str, table: str) -> None:
     Path(path).write_text(
         "# Runtime comparison: granian RSGI (production), granian ASGI, robyn\n\n"
-        "The same `RestApi` (service/http/core.py) behind three thin bindings; written by "
+        "The same `RestApi` (service/http/api.py) behind three thin bindings; written by "
         "`python -m benchmarks.runtimes` (`make bench-runtimes`).\n\n" + table
     )
 

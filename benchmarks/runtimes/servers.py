@@ -1,6 +1,6 @@
 """How each runtime variant is started, and the process-tree figures the comparison reads.
 
-The three variants serve the same `RestApi` (service/http/core.py) from the same settings:
+The three variants serve the same `RestApi` (service/http/api.py) from the same settings:
 
 - rsgi:  the production path, `orders-service serve --roles http` (supervisor + granian RSGI);
 - asgi:  granian's ASGI interface over service/http/asgi.py (`python -m service.http.asgi`);

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.config import Settings, load_settings
 from service.http.binding import BODY_METHODS, UNDECODABLE, HttpWorker, read_body
-from service.http.core import HttpRequest, RestApi
+from service.http.api import HttpRequest, RestApi
 from service.observability.logging import role_var
 
 Message = dict[str, Any]

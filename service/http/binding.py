@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 
 from service.app import Resources, build_rest_api
 from service.config import load_settings
-from service.http.core import RestApi
+from service.http.api import RestApi
 from service.observability.logging import configure_logging
 from service.observability.metrics import PoolGauges, publish_periodically
 

@@ -26,7 +26,7 @@ from robyn.argument_parser import Config
 
 from service.config import Settings, load_settings
 from service.http.binding import BODY_METHODS, HttpWorker, limit_read_body
-from service.http.core import HttpRequest
+from service.http.api import HttpRequest
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from service.http.binding import BODY_METHODS, UNDECODABLE, HttpWorker, read_body
-from service.http.core import HttpRequest, RestApi
+from service.http.api import HttpRequest, RestApi
 
 log = logging.getLogger(__name__)
 

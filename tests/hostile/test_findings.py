@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.cursor import CursorCodec
-from service.http.core import parse_if_match
+from service.http.api import parse_if_match
 from service.http.problems import HttpError
 from tests.e2e.conftest import ServiceProcess
 from tests.hostile.conftest import CURSOR_SECRET

@@ -32,7 +32,7 @@ from service.app import Resources, build_consumer, build_relay, build_rest_api, 
 from service.config import Settings, load_settings
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.servicer import OrderServicer
-from service.http.core import HttpRequest, RestApi
+from service.http.api import HttpRequest, RestApi
 from service.observability.otel import OtelTracer
 from service.observability.tracing import BATCH_SIZE
 
@@ -275,7 +275,7 @@ import service.cli, service.roles, service.supervisor, service.http.rsgi, servic
 from service.app import Resources, build_rest_api, build_service
 from service.config import load_settings
 from service.grpc.servicer import OrderServicer
-from service.http.core import HttpRequest
+from service.http.api import HttpRequest
 
 async def main():
     settings = load_settings()

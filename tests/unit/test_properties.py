@@ -35,7 +35,7 @@ from service.domain import (
     ValidationFailed,
     VersionMismatch,
 )
-from service.http.core import HttpRequest, HttpResponse, RestApi
+from service.http.api import HttpRequest, HttpResponse, RestApi
 from service.orders import OrderService
 from tests.unit.fakes import make_service
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from service.domain import StoreUnavailable
-from service.http.core import HttpRequest, RestApi, parse_if_match
+from service.http.api import HttpRequest, RestApi, parse_if_match
 from service.http.openapi import build_openapi
 from service.http.problems import HttpError
 from tests.unit.fakes import make_service
