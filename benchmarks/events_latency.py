@@ -29,6 +29,7 @@ import msgspec
 import redis.asyncio as aioredis
 import uvloop
 
+from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.store.database import Database
 from service.store.postgres import PostgresOutbox
@@ -60,7 +61,8 @@ async def bench_relay(rows: int, batch_size: int) -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         await db.fetch(BULK_OUTBOX, [rows])
-        relay = Relay(PostgresOutbox(db, schema.dsn), client, stream, maxlen=1_000_000, batch_size=batch_size)
+        publisher = RedisStreamPublisher(client, stream, maxlen=1_000_000)
+        relay = Relay(PostgresOutbox(db, schema.dsn), publisher, batch_size=batch_size)
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(relay.run(stop))

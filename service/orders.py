@@ -242,9 +242,9 @@ class OrderService:
             new_quantity = current.quantity if quantity is None else quantity
             if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
                 return current, None
-            return self._changed(current, ctx, product=new_product, quantity=new_quantity, status=new_status)
+            return self._next_version(current, ctx, product=new_product, quantity=new_quantity, status=new_status)
 
-        order, _ = await self._change(order_id, decide)
+        order, _ = await self._apply_change(order_id, decide)
         return order
 
     async def delete(
@@ -260,10 +260,10 @@ class OrderService:
         current = await self._store.get(parsed)
         if current is None:
             raise OrderNotFound(order_id)
-        if await self._store.delete(parsed, current.version, decide(current)):
+        if await self._store.delete_if_version(parsed, current.version, decide(current)):
             return
         # Lost a race with another writer: decide again under the row lock.
-        if not await self._store.remove(parsed, decide):
+        if not await self._store.delete_locked(parsed, decide):
             raise OrderNotFound(order_id)
 
     async def confirm(self, order_id: str, *, ctx: RequestContext = NO_CONTEXT) -> bool:
@@ -276,19 +276,20 @@ class OrderService:
         def decide(current: Order) -> Change:
             if current.status is not OrderStatus.PENDING:
                 return current, None
-            return self._changed(current, ctx, status=OrderStatus.CONFIRMED)
+            return self._next_version(current, ctx, status=OrderStatus.CONFIRMED)
 
         try:
-            _, changed = await self._change(order_id, decide)
+            _, changed = await self._apply_change(order_id, decide)
         except OrderNotFound:
             return False
         return changed
 
-    def _changed(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
+    def _next_version(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
+        """The order with `fields` changed and its version bumped, and the event that says so."""
         changed = msgspec.structs.replace(current, version=current.version + 1, updated_at=self._clock.now(), **fields)
         return changed, self._event(EventType.UPDATED, changed, ctx)
 
-    async def _change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:
+    async def _apply_change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:
         """Apply `decide` to the order: optimistically first, under the row lock if that loses a race.
 
         Returns the resulting order and whether it changed. Concurrent writers therefore never
@@ -301,9 +302,9 @@ class OrderService:
         changed, event = decide(current)
         if event is None:
             return changed, False
-        if await self._store.update(changed, current.version, event) is not None:
+        if await self._store.replace_if_version(changed, current.version, event) is not None:
             return changed, True
-        outcome = await self._store.modify(parsed, decide)
+        outcome = await self._store.change_locked(parsed, decide)
         if outcome is None:
             raise OrderNotFound(order_id)
         return outcome

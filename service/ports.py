@@ -1,9 +1,11 @@
-"""What the service layer needs from the outside world, as Protocols."""
+"""What the service layer and the events relay need from the outside world, as Protocols (and the
+Structs that cross them)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -43,15 +45,15 @@ class OrderStore(Protocol):
         """Up to `limit` orders with id < before_id (all when None), newest (highest id) first."""
         ...
 
-    async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
+    async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         """Replace the order when its stored version is still `expected_version`; else None."""
         ...
 
-    async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
+    async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         """Delete when the stored version is still `expected_version`; False otherwise."""
         ...
 
-    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+    async def change_locked(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
         """Lock the order, apply `decide`, store the change and its event atomically.
 
         Returns (resulting order, changed), or None when the order does not exist. An exception
@@ -59,7 +61,7 @@ class OrderStore(Protocol):
         """
         ...
 
-    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+    async def delete_locked(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
         """Lock the order, let `decide` produce its deletion event (or raise), delete atomically.
 
         False when the order does not exist.
@@ -69,6 +71,86 @@ class OrderStore(Protocol):
     async def purge_expired_claims(self, now: datetime, limit: int) -> int:
         """Delete up to `limit` idempotency keys that expired before `now`; returns how many."""
         ...
+
+
+class OutboxRecord(msgspec.Struct, frozen=True):
+    """One outbox row as the relay publishes it; `payload` is the order JSON text."""
+
+    id: int
+    event_id: str
+    event_type: str
+    order_id: str
+    payload: str
+    request_id: str | None
+    traceparent: str | None
+    occurred_at: datetime
+
+
+class OutboxBacklog(msgspec.Struct, frozen=True):
+    unpublished: int
+    oldest_age_seconds: float | None
+
+
+class RelaySession(Protocol):
+    """One relay's hold on the outbox: the lock that makes it the active relay, its reads and marks."""
+
+    async def try_lock(self) -> bool:
+        """Become the active relay if none is; the lock lasts as long as this session."""
+        ...
+
+    async def claim_batch(self, limit: int) -> list[OutboxRecord]:
+        """Up to `limit` unpublished rows, oldest first (outbox id order)."""
+        ...
+
+    async def mark_published(self, ids: list[int]) -> None: ...
+
+    async def listen(self, on_notify: Callable[[], None]) -> None:
+        """Call `on_notify` whenever rows are added. Best effort: callers also poll."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Outbox(Protocol):
+    """The events written with each order change, waiting to be published."""
+
+    def relay_session(self) -> AbstractAsyncContextManager[RelaySession]:
+        """A session of its own for one relay, closed (and its lock released) on exit."""
+        ...
+
+    async def backlog(self) -> OutboxBacklog: ...
+
+
+class PublishFailed(Exception):
+    """A batch may not have been published; its cause is the transport's own error."""
+
+
+class EventPublisher(Protocol):
+    """Where the relay sends outbox rows (the events stream)."""
+
+    @property
+    def system(self) -> str:
+        """The transport's name, as logs say it (e.g. "Redis")."""
+        ...
+
+    @property
+    def destination(self) -> str:
+        """The stream (or topic) published to."""
+        ...
+
+    async def publish(self, records: Sequence[OutboxRecord]) -> None:
+        """Publish every record, in order; raise PublishFailed when some may not have been."""
+        ...
+
+
+class PoolStats(msgspec.Struct, frozen=True):
+    size: int
+    max_size: int
+    in_use: int
+    idle: int
+    waiting: int
+    waits_total: int
+    acquire_timeouts_total: int
 
 
 class Clock(Protocol):

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.events.stream import StreamNames
-from service.store.postgres import PostgresOutbox
+from service.ports import Outbox
 
 
 class OutboxFigures(msgspec.Struct):
@@ -44,7 +44,7 @@ def _text(value: Any) -> str:
 
 
 class EventsMetrics:
-    def __init__(self, outbox: PostgresOutbox, redis: aioredis.Redis, names: StreamNames) -> None:
+    def __init__(self, outbox: Outbox, redis: aioredis.Redis, names: StreamNames) -> None:
         self._outbox = outbox
         self._redis = redis
         self._names = names

@@ -3,8 +3,9 @@
 Exactly one relay is active per outbox table (a session-level PostgreSQL advisory lock held by a
 dedicated session); the others stand by and retry the lock every second, so one takes over
 within about a second of the holder's death. Each round: read up to `batch_size` unpublished rows
-in id order, XADD them in one pipelined round trip, then mark them published. A crash between the
-XADD and the mark publishes those rows again (at-least-once), never loses them.
+in id order, publish them (the Redis publisher: one pipelined XADD round trip), then mark them
+published. A crash between the publish and the mark publishes those rows again (at-least-once),
+never loses them.
 """
 
 from __future__ import annotations
@@ -12,41 +13,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from service.domain import StoreUnavailable
-from service.events.stream import FailureStreak, entry_fields, sleep_unless
-from service.observability.tracing import NO_TRACER, Tracer
-from service.store.postgres import OutboxRecord, PostgresOutbox, RelaySession
+from service.events.stream import FailureStreak, sleep_unless
+from service.ports import EventPublisher, Outbox, PublishFailed, RelaySession
 
 log = logging.getLogger(__name__)
 
 LOCK_RETRY_SECONDS = 1.0
-MAX_LINKS = 128  # the OpenTelemetry SDK's default span link limit
 
 
 class Relay:
     def __init__(
         self,
-        outbox: PostgresOutbox,
-        redis: aioredis.Redis,
-        stream: str,
+        outbox: Outbox,
+        publisher: EventPublisher,
         *,
-        maxlen: int,
         batch_size: int = 500,
         poll_interval: float = 1.0,
-        tracer: Tracer = NO_TRACER,
     ) -> None:
-        self._tracer = tracer
         self._outbox = outbox
-        self._redis = redis
-        self._stream = stream
-        self._maxlen = maxlen
+        self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._postgres = FailureStreak("PostgreSQL (relay)")
-        self._redis_streak = FailureStreak("Redis (relay)")
+        self._publish_streak = FailureStreak(f"{publisher.system} (relay)")
         self.published_total = 0
         self.active = False
 
@@ -63,7 +53,7 @@ class Relay:
                         await session.listen(wake.set)
                     except StoreUnavailable as exc:  # polling alone still works
                         log.warning("relay cannot LISTEN; polling only", extra={"error": repr(exc)})
-                    log.info("relay active", extra={"stream": self._stream})
+                    log.info("relay active", extra={"stream": self._publisher.destination})
                     self.active = True
                     await self._pump(session, wake, stop)
             except (StoreUnavailable, OSError) as exc:
@@ -94,44 +84,14 @@ class Relay:
             records = await session.claim_batch(self._batch_size)
             if records:
                 try:
-                    await self._publish(records)
-                except (RedisError, OSError) as exc:
-                    await sleep_unless(stop, self._redis_streak.failed(exc))
+                    await self._publisher.publish(records)
+                except PublishFailed as exc:
+                    # The streak logs the transport's own error, as it did before the port existed.
+                    await sleep_unless(stop, self._publish_streak.failed(exc.__cause__ or exc))
                     continue
-                self._redis_streak.succeeded()
+                self._publish_streak.succeeded()
                 await session.mark_published([record.id for record in records])
                 self.published_total += len(records)
                 if len(records) == self._batch_size:
                     continue
             await sleep_unless(stop, self._poll_interval, wake)
-
-    async def _publish(self, records: list[OutboxRecord]) -> None:
-        """XADD every record in one round trip, in order (one connection, pipelined).
-
-        Traced as one PRODUCER span per batch: a root of its own (a batch mixes many requests'
-        traces), linked to the span of each event it publishes (the first MAX_LINKS)."""
-        if not self._tracer.enabled:
-            return await self._xadd(records)
-        with self._tracer.span(
-            f"{self._stream} publish",
-            "producer",
-            links=[record.traceparent for record in records[:MAX_LINKS] if record.traceparent],
-            attributes={
-                "messaging.system": "redis",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": self._stream,
-                "messaging.batch.message_count": len(records),
-            },
-        ):
-            await self._xadd(records)
-
-    async def _xadd(self, records: list[OutboxRecord]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(
-                    self._stream,
-                    entry_fields(record),  # type: ignore[arg-type]
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()

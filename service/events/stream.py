@@ -9,7 +9,7 @@ from datetime import UTC
 
 import msgspec
 
-from service.store.postgres import OutboxRecord
+from service.ports import OutboxRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ class FailureStreak:
         self._max = max_delay
         self._failures = 0
         self._since = 0.0
-
-    @property
-    def failing(self) -> bool:
-        return self._failures > 0
 
     def failed(self, exc: BaseException) -> float:
         """Record one failed attempt; returns how long to wait before the next one."""

@@ -29,7 +29,6 @@ class Coalescer(Generic[K, V]):
         self._spans: list[Span] = []  # of the pending calls that passed one
         self._running: set[asyncio.Task[None]] = set()  # strong references until each batch ends
         self.batches = 0
-        self.items = 0
 
     async def submit(self, item: K, span: Span | None = None) -> V:
         loop = asyncio.get_running_loop()
@@ -54,7 +53,6 @@ class Coalescer(Generic[K, V]):
             for span in spans:
                 span.set_attribute(BATCH_SIZE, len(batch))
         self.batches += 1
-        self.items += len(batch)
         task = asyncio.ensure_future(self._run(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-import msgspec
 import psqlpy
 from psqlpy import exceptions as pg_errors
 
 from service.domain import StoreUnavailable
+from service.ports import PoolStats
 
 # psqlpy reports every failure as text only; these fragments mean "cannot talk to PostgreSQL",
 # as opposed to a statement that PostgreSQL rejected.
@@ -58,16 +58,6 @@ def with_statement_timeout(dsn: str, seconds: float) -> str:
     pairs = [*others, ("options", merged)]
     query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in pairs)
     return urlunsplit(parts._replace(query=query))
-
-
-class PoolStats(msgspec.Struct, frozen=True):
-    size: int
-    max_size: int
-    in_use: int
-    idle: int
-    waiting: int
-    waits_total: int
-    acquire_timeouts_total: int
 
 
 class Database:

@@ -1,4 +1,8 @@
-"""In-memory OrderStore: the fake for unit tests and micro-benchmarks. Same contract as postgres."""
+"""In-memory OrderStore: the fake for unit tests and micro-benchmarks. Same contract as postgres.
+
+Every change records its event in `outbox` and, when the store was given a MemoryOutbox, adds it
+there too (as the PostgreSQL store writes its outbox row), so a relay on that outbox sees it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import msgspec
 
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.ports import Decide, DecideRemoval, ExistingClaim
+from service.store.memory_outbox import MemoryOutbox
 
 
 class _StoredClaim(msgspec.Struct, frozen=True):
@@ -17,11 +22,17 @@ class _StoredClaim(msgspec.Struct, frozen=True):
 
 
 class MemoryOrderStore:
-    def __init__(self) -> None:
+    def __init__(self, relay_outbox: MemoryOutbox | None = None) -> None:
         self.orders: dict[uuid.UUID, Order] = {}
         self.outbox: list[OrderEvent] = []
         self.claims: dict[str, _StoredClaim] = {}
         self.now: datetime | None = None  # what "now" is for claim expiry; set by tests
+        self._relay_outbox = relay_outbox
+
+    def _record(self, event: OrderEvent) -> None:
+        self.outbox.append(event)
+        if self._relay_outbox is not None:
+            self._relay_outbox.add(event)
 
     def _live_claim(self, key: str, at: datetime) -> _StoredClaim | None:
         stored = self.claims.get(key)
@@ -36,7 +47,7 @@ class MemoryOrderStore:
                 return ExistingClaim(fingerprint=existing.claim.fingerprint, order=existing.order)
             self.claims[claim.key] = _StoredClaim(claim, order)
         self.orders[order.id] = order
-        self.outbox.append(event)
+        self._record(event)
         return order
 
     async def get(self, order_id: uuid.UUID) -> Order | None:
@@ -51,23 +62,23 @@ class MemoryOrderStore:
         selected.sort(key=lambda o: o.id, reverse=True)
         return selected[:limit]
 
-    async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
+    async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         current = self.orders.get(order.id)
         if current is None or current.version != expected_version:
             return None
         self.orders[order.id] = order
-        self.outbox.append(event)
+        self._record(event)
         return order
 
-    async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
+    async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         current = self.orders.get(order_id)
         if current is None or current.version != expected_version:
             return False
         del self.orders[order_id]
-        self.outbox.append(event)
+        self._record(event)
         return True
 
-    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+    async def change_locked(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
         current = self.orders.get(order_id)
         if current is None:
             return None
@@ -75,16 +86,16 @@ class MemoryOrderStore:
         if event is None:
             return changed, False
         self.orders[order_id] = changed
-        self.outbox.append(event)
+        self._record(event)
         return changed, True
 
-    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+    async def delete_locked(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
         current = self.orders.get(order_id)
         if current is None:
             return False
         event = decide(current)
         del self.orders[order_id]
-        self.outbox.append(event)
+        self._record(event)
         return True
 
     async def purge_expired_claims(self, now: datetime, limit: int) -> int:

@@ -24,9 +24,9 @@ async def test_migrations_are_recorded_once(schema: IsolatedSchema, database: Da
 
 async def test_concurrent_migrations_do_not_race(test_services: object) -> None:
     isolated = IsolatedSchema(test_services.database_url)  # type: ignore[attr-defined]
-    from tests.conftest import _admin
+    from benchmarks.database import admin_sql
 
-    await _admin(isolated.base_dsn, f"CREATE SCHEMA {isolated.name}")
+    await admin_sql(isolated.base_dsn, f"CREATE SCHEMA {isolated.name}")
     try:
         results = await asyncio.gather(*(migrate(isolated.dsn) for _ in range(4)))
         applied = [name for result in results for name in result]

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.orders import OrderService, RequestContext
 from service.store.database import Database
@@ -50,7 +51,8 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) 
 def make_relay(
     database: Database, schema: IsolatedSchema, redis_client: aioredis.Redis, stream: str, **kw: object
 ) -> Relay:
-    return Relay(PostgresOutbox(database, schema.dsn), redis_client, stream, maxlen=100_000, **kw)  # type: ignore[arg-type]
+    publisher = RedisStreamPublisher(redis_client, stream, maxlen=100_000)
+    return Relay(PostgresOutbox(database, schema.dsn), publisher, **kw)  # type: ignore[arg-type]
 
 
 async def test_publishes_in_outbox_order_with_fields_and_marks(

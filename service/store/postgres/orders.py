@@ -1,4 +1,4 @@
-"""PostgreSQL OrderStore (psqlpy). The only module with the service's order SQL.
+"""PostgreSQL OrderStore (psqlpy): the service's order SQL, and the batching of concurrent calls.
 
 Every change is one statement: the order row and its outbox event (and idempotency key) are
 written together by data-modifying CTEs, so they commit or fail as one.
@@ -6,23 +6,17 @@ written together by data-modifying CTEs, so they commit or fail as one.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import msgspec
-import psqlpy
-from psqlpy import exceptions as pg_errors
 
 from native import parse_uuid
-from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus, StoreUnavailable
-from service.observability.tracing import AttributeValue, Span, Tracer
+from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.coalesce import Coalescer
-from service.store.database import Database, is_unavailable
+from service.store.database import Database
 
 _CREATE = """
 WITH new_order AS (
@@ -247,7 +241,7 @@ class PostgresOrderStore:
             rows = await self._db.fetch(_LIST_STATUS_AFTER, [limit, status.value, before_id])
         return [_row_to_order(row) for row in rows]
 
-    async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
+    async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         return order if await self._updates.submit((order, expected_version, event)) else None
 
     async def _update_one(self, order: Order, expected_version: int, event: OrderEvent) -> bool:
@@ -277,11 +271,11 @@ class PostgresOrderStore:
             results[index] = await self._update_one(*batch[index])
         return results
 
-    async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
+    async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         rows = await self._db.fetch(_DELETE, [order_id, expected_version, *_event_params(event)])
         return bool(rows[0][0] == 1)
 
-    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
+    async def change_locked(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
         async with self._db.transaction() as tx:
             rows = (await tx.execute(_GET_FOR_UPDATE, [order_id])).result(as_tuple=True)
             if not rows:
@@ -293,7 +287,7 @@ class PostgresOrderStore:
             await tx.execute(_UPDATE, _update_params(changed, current.version, event))
             return changed, True
 
-    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
+    async def delete_locked(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
         async with self._db.transaction() as tx:
             rows = (await tx.execute(_GET_FOR_UPDATE, [order_id])).result(as_tuple=True)
             if not rows:
@@ -306,227 +300,3 @@ class PostgresOrderStore:
     async def purge_expired_claims(self, now: datetime, limit: int) -> int:
         rows = await self._db.fetch(_PURGE_CLAIMS, [now, limit])
         return int(rows[0][0])
-
-
-def _db_span(operation: str, table: str) -> tuple[str, dict[str, AttributeValue]]:
-    """Name and attributes of a database span: the operation and table, never the SQL parameters."""
-    attributes: dict[str, AttributeValue] = {
-        "db.system": "postgresql",
-        "db.operation.name": operation,
-        "db.collection.name": table,
-    }
-    return f"{operation} {table}", attributes
-
-
-_SPAN_INSERT = _db_span("INSERT", "orders")
-_SPAN_SELECT = _db_span("SELECT", "orders")
-_SPAN_UPDATE = _db_span("UPDATE", "orders")
-_SPAN_DELETE = _db_span("DELETE", "orders")
-_SPAN_PURGE = _db_span("DELETE", "idempotency_keys")
-
-
-class TracedPostgresOrderStore(PostgresOrderStore):
-    """PostgresOrderStore with a CLIENT span around each call (used only when tracing is on).
-
-    The span is the calling request's: a child of its server or consumer span, covering its wait
-    for the statement. Calls coalesced into one statement (point reads, plain creates, conditional
-    updates) each keep their own span, with `db.operation.batch.size` saying how many went in it.
-    """
-
-    def __init__(self, db: Database, tracer: Tracer, coalesce_max_batch: int = 256) -> None:
-        super().__init__(db, coalesce_max_batch)
-        self._tracer = tracer
-
-    def _span(self, which: tuple[str, dict[str, AttributeValue]]) -> AbstractContextManager[Span]:
-        return self._tracer.span(which[0], "client", attributes=which[1])
-
-    async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
-        with self._span(_SPAN_INSERT) as span:
-            if claim is None:
-                await self._creates.submit((order, event), span)
-                return order
-            span.set_attribute("orders.idempotency_key", True)
-            return await super().create(order, event, claim)
-
-    async def get(self, order_id: uuid.UUID) -> Order | None:
-        with self._span(_SPAN_SELECT) as span:
-            return await self._reads.submit(order_id, span)
-
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
-        with self._span(_SPAN_SELECT):
-            return await super().list_page(limit, before_id, status)
-
-    async def update(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
-        with self._span(_SPAN_UPDATE) as span:
-            return order if await self._updates.submit((order, expected_version, event), span) else None
-
-    async def delete(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
-        with self._span(_SPAN_DELETE):
-            return await super().delete(order_id, expected_version, event)
-
-    async def modify(self, order_id: uuid.UUID, decide: Decide) -> tuple[Order, bool] | None:
-        with self._span(_SPAN_UPDATE) as span:
-            span.set_attribute("orders.row_lock", True)  # SELECT ... FOR UPDATE, then UPDATE, one transaction
-            return await super().modify(order_id, decide)
-
-    async def remove(self, order_id: uuid.UUID, decide: DecideRemoval) -> bool:
-        with self._span(_SPAN_DELETE) as span:
-            span.set_attribute("orders.row_lock", True)
-            return await super().remove(order_id, decide)
-
-    async def purge_expired_claims(self, now: datetime, limit: int) -> int:
-        with self._span(_SPAN_PURGE):
-            return await super().purge_expired_claims(now, limit)
-
-
-# ---- outbox (read by the events relay and the events metrics) -----------------------------------
-
-_OUTBOX_CLAIM = """
-SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at
-FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
-"""
-
-_OUTBOX_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL"
-
-# The oldest unpublished row by id is the oldest one written: the partial index answers both parts.
-_OUTBOX_BACKLOG = """
-SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL),
-       (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1)
-"""
-
-# One relay per outbox table: the key names this table (its OID), so schemas or databases that
-# share a server do not block one another's relays.
-_RELAY_LOCK_CLASS = 0x6F726472  # "ordr"
-_OUTBOX_TRY_LOCK = "SELECT pg_try_advisory_lock($1, 'outbox'::regclass::oid::integer)"
-
-OUTBOX_CHANNEL = "orders_outbox"
-
-
-class OutboxRecord(msgspec.Struct, frozen=True):
-    """One outbox row as the relay publishes it; `payload` is the order JSON text."""
-
-    id: int
-    event_id: str
-    event_type: str
-    order_id: str
-    payload: str
-    request_id: str | None
-    traceparent: str | None
-    occurred_at: datetime
-
-
-class OutboxBacklog(msgspec.Struct, frozen=True):
-    unpublished: int
-    oldest_age_seconds: float | None
-
-
-def _pg_failure(exc: BaseException) -> BaseException:
-    if isinstance(exc, pg_errors.Error) and is_unavailable(exc):
-        return StoreUnavailable(f"database unavailable: {exc}")
-    return exc
-
-
-class RelaySession:
-    """A dedicated PostgreSQL session of the relay: it holds the relay's advisory lock and does the
-    relay's reads and marks, so the lock is held exactly while this session's queries can succeed.
-    """
-
-    def __init__(self, conn: psqlpy.Connection, dsn: str, application_name: str) -> None:
-        self._conn = conn
-        self._dsn = dsn
-        self._application_name = application_name
-        self._listener_pool: psqlpy.ConnectionPool | None = None
-        self._listener: psqlpy.Listener | None = None
-
-    async def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        try:
-            result = await self._conn.execute(sql, params)
-        except pg_errors.Error as exc:
-            raise _pg_failure(exc) from exc
-        rows: list[tuple[Any, ...]] = result.result(as_tuple=True)
-        return rows
-
-    async def try_lock(self) -> bool:
-        """Become the active relay if none is: a session-level lock, released when this session ends."""
-        rows = await self._execute(_OUTBOX_TRY_LOCK, [_RELAY_LOCK_CLASS])
-        return bool(rows[0][0])
-
-    async def claim_batch(self, limit: int) -> list[OutboxRecord]:
-        """Up to `limit` unpublished rows, oldest first (outbox id order)."""
-        rows = await self._execute(_OUTBOX_CLAIM, [limit])
-        return [
-            OutboxRecord(
-                id=row[0],
-                event_id=str(row[1]),
-                event_type=row[2],
-                order_id=str(row[3]),
-                payload=row[4],
-                request_id=row[5],
-                traceparent=row[6],
-                occurred_at=row[7],
-            )
-            for row in rows
-        ]
-
-    async def mark_published(self, ids: list[int]) -> None:
-        await self._execute(_OUTBOX_MARK, [ids])
-
-    async def listen(self, on_notify: Callable[[], None]) -> None:
-        """Call `on_notify` whenever rows are inserted into the outbox (LISTEN orders_outbox).
-
-        Best effort: a listener whose connection dies goes silent, so callers also poll.
-        """
-
-        async def callback(connection: psqlpy.Connection, payload: str, channel: str, process_id: int) -> None:
-            on_notify()
-
-        try:
-            self._listener_pool = psqlpy.ConnectionPool(
-                dsn=self._dsn,
-                max_db_pool_size=2,
-                connect_timeout_sec=3,
-                application_name=f"{self._application_name}-listen",
-            )
-            self._listener = self._listener_pool.listener()
-            await self._listener.add_callback(channel=OUTBOX_CHANNEL, callback=callback)
-            await self._listener.startup()
-            self._listener.listen()
-        except pg_errors.Error as exc:
-            raise _pg_failure(exc) from exc
-
-    async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                listener.abort_listen()
-                await listener.shutdown()
-        pool, self._listener_pool = self._listener_pool, None
-        if pool is not None:
-            pool.close()
-        self._conn.close()
-
-
-class PostgresOutbox:
-    """The outbox table: the relay's dedicated sessions and the backlog figures."""
-
-    def __init__(self, db: Database, dsn: str, application_name: str = "orders-service-relay") -> None:
-        self._db = db
-        self._dsn = dsn
-        self._application_name = application_name
-
-    @asynccontextmanager
-    async def relay_session(self) -> AsyncIterator[RelaySession]:
-        try:
-            conn = await psqlpy.connect(dsn=self._dsn, connect_timeout_sec=3, application_name=self._application_name)
-        except pg_errors.Error as exc:
-            raise _pg_failure(exc) from exc
-        session = RelaySession(conn, self._dsn, self._application_name)
-        try:
-            yield session
-        finally:
-            await session.close()
-
-    async def backlog(self) -> OutboxBacklog:
-        rows = await self._db.fetch(_OUTBOX_BACKLOG)
-        count, age = rows[0]
-        return OutboxBacklog(unpublished=int(count), oldest_age_seconds=None if age is None else max(0.0, float(age)))
