@@ -10,10 +10,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import httpx
 
 
 def free_port() -> int:
@@ -83,3 +88,112 @@ def _tail(log: IO[Any], limit: int = 20_000) -> str:
     if not isinstance(name, str):
         return "(no log file)"
     return Path(name).read_text(errors="replace")[-limit:]
+
+
+class ServiceProcess:
+    """One `orders-service serve` process tree on free ports, with an events stream of its own.
+
+    `extra_env` overrides the defaults below (and anything else the service reads); `name` goes
+    into the stream's and the log file's names.
+    """
+
+    DEFAULTS: Mapping[str, str] = {
+        "HTTP_WORKERS": "2",
+        "GRPC_WORKERS": "1",
+        "LOG_LEVEL": "INFO",
+        "SHUTDOWN_TIMEOUT": "15",
+    }
+
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        roles: str = "http,grpc,worker",
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        name: str = "test",
+    ) -> None:
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.pprof_port = free_port()
+        self.stream = f"orders-{name}-{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "GRPC_PORT": str(self.grpc_port),
+            "PPROF_PORT": str(self.pprof_port),
+            "BIND": "127.0.0.1",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "EVENTS_STREAM": self.stream,
+            **self.DEFAULTS,
+            "ROLES": roles,
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.log_file = tempfile.NamedTemporaryFile(prefix=f"orders-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(
+        self,
+        wait_for_grpc: bool = False,
+        timeout: float = 30.0,
+        ready_path: str = "/health",
+        also: Callable[[int], bool] | None = None,
+    ) -> None:
+        """Start and wait until `ready_path` answers 200 (and the gRPC port accepts, and `also(pid)`)."""
+
+        def ready(pid: int) -> bool:
+            if httpx.get(f"{self.base_url}{ready_path}", timeout=0.5).status_code != 200:
+                return False
+            if wait_for_grpc:
+                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5):
+                    pass
+            return also is None or also(pid)
+
+        self.process = start_until_ready(
+            [sys.executable, "-m", "service", "serve"],
+            self.env,
+            self.log_file,
+            ready,
+            timeout,
+            not_yet=(httpx.HTTPError, OSError),
+        )
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; kill the whole process tree if it does not stop in time (then None)."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [*descendants(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait()
+            return None
+
+    def logs(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")

@@ -18,20 +18,18 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psqlpy
 
-from benchmarks.processes import descendants, free_port, rss_kib
+from benchmarks.database import admin_sql
+from benchmarks.processes import ServiceProcess, descendants, rss_kib
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 
 BENCH_DATABASE = "orders_bench"
 SEED_ROWS = 10_000
@@ -73,24 +71,6 @@ LOAD_RUNS: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
-async def admin(url: str, *statements: str) -> None:
-    pool = psqlpy.ConnectionPool(dsn=url, max_db_pool_size=2)
-    try:
-        conn = await pool.connection()
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            conn.close()
-    finally:
-        pool.close()
-
-
 def pgbench(dsn: str, script: str, seconds: int) -> float:
     binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as handle:
@@ -110,7 +90,7 @@ def pgbench(dsn: str, script: str, seconds: int) -> float:
     return float(match.group(1))
 
 
-def h2load_get_order(service: Service, seconds: float) -> dict[str, Any] | None:
+def h2load_get_order(service: ServiceProcess, seconds: float) -> dict[str, Any] | None:
     """gRPC GetOrder driven by h2load (a compiled HTTP/2 client), when installed.
 
     The Python gRPC client costs about as much CPU per call as the server, so on two cores it
@@ -161,59 +141,22 @@ def process_rss(pid: int) -> tuple[str, float]:
     return cmdline, rss_kib(pid) / 1024
 
 
-class Service:
-    def __init__(
-        self, database_url: str, redis_url: str, http_workers: int, extra_env: dict[str, str] | None = None
-    ) -> None:
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="orders-results-", suffix=".log", delete=False)  # noqa: SIM115
-        env = {
-            **os.environ,
-            "PORT": str(self.port),
-            "GRPC_PORT": str(self.grpc_port),
-            "PPROF_PORT": str(free_port()),
-            "BIND": "127.0.0.1",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "EVENTS_STREAM": f"orders-results-{uuid.uuid4().hex[:8]}",
-            "HTTP_WORKERS": str(http_workers),
-            "GRPC_WORKERS": "1",
-            "ROLES": "http,grpc,worker",
-            **(extra_env or {}),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.events_stream = env["EVENTS_STREAM"]
+def start_service(
+    database_url: str, redis_url: str, http_workers: int, extra_env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """The service with all roles, ready (gRPC included); its first start migrates a fresh database."""
+    env = {"HTTP_WORKERS": str(http_workers), "SHUTDOWN_TIMEOUT": "25", **(extra_env or {})}
+    service = ServiceProcess(database_url, redis_url, "http,grpc,worker", env, name="results")
+    service.start(wait_for_grpc=True, timeout=60.0, ready_path="/ready")
+    return service
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200:
-                    time.sleep(1.0)  # the gRPC role may start a moment later
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"service did not become ready; log: {self.log.name}")
 
-    def rss(self) -> list[tuple[str, float]]:
-        return [process_rss(pid) for pid in [self.process.pid, *descendants(self.process.pid)]]
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def service_rss(service: ServiceProcess) -> list[tuple[str, float]]:
+    return [process_rss(pid) for pid in [service.pid, *descendants(service.pid)]]
 
 
 def load(
-    service: Service, transport: str, scenario: str, extra: list[str], seconds: float, args: argparse.Namespace
+    service: ServiceProcess, transport: str, scenario: str, extra: list[str], seconds: float, args: argparse.Namespace
 ) -> dict[str, object]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         path = handle.name
@@ -231,10 +174,8 @@ def load(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--admin-url", default=os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds before each scenario")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -245,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     database_url = with_database(args.admin_url, BENCH_DATABASE)
-    asyncio.run(admin(args.admin_url, DROP_DATABASE, f"CREATE DATABASE {BENCH_DATABASE}"))
+    asyncio.run(admin_sql(args.admin_url, DROP_DATABASE, f"CREATE DATABASE {BENCH_DATABASE}"))
     figures: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    service = Service(database_url, args.redis_url, args.http_workers)
+    service = start_service(database_url, args.redis_url, args.http_workers)  # migrates the fresh database
     try:
-        service.wait_ready()  # migrates the fresh database
-        asyncio.run(admin(database_url, SEED, "ANALYZE orders"))
+        asyncio.run(admin_sql(database_url, SEED, "ANALYZE orders"))
         seconds = int(args.seconds)
         figures["pgbench_select_by_pk_tps"] = pgbench(database_url, SELECT_BY_PK.format(rows=SEED_ROWS), seconds)
         figures["pgbench_create_order_and_event_tps"] = pgbench(database_url, CREATE_ORDER_AND_EVENT, seconds)
@@ -273,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         sustained = load(service, "rest", "mixed", [], args.rss_seconds, args)
         sustained["label"] = f"REST mixed, {args.rss_seconds:.0f} s sustained"
         figures["sustained"] = sustained
-        figures["rss_mb"] = [{"cmdline": cmd, "rss_mb": round(mb, 1)} for cmd, mb in service.rss() if cmd]
+        figures["rss_mb"] = [{"cmdline": cmd, "rss_mb": round(mb, 1)} for cmd, mb in service_rss(service) if cmd]
     finally:
-        service.stop()
+        service.stop(timeout=30)
     figures["variants"] = [run_variant(name, env, database_url, args) for name, env in VARIANTS]
     Path(args.json_path).write_text(json.dumps(figures, indent=2))
     print(markdown(figures))
@@ -291,10 +231,9 @@ VARIANT_RUNS = ("REST GET /orders/{id}", "REST POST /orders", "REST mixed")
 
 
 def run_variant(name: str, env: dict[str, str], database_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    service = Service(database_url, args.redis_url, args.http_workers, env)
+    service = start_service(database_url, args.redis_url, args.http_workers, env)
     runs: list[dict[str, Any]] = []
     try:
-        service.wait_ready()
         for label, transport, scenario, extra in LOAD_RUNS:
             if label not in VARIANT_RUNS:
                 continue
@@ -305,7 +244,7 @@ def run_variant(name: str, env: dict[str, str], database_url: str, args: argpars
             runs.append(report)
             print(f"{name}, {label}: {summary(report)}", file=sys.stderr)
     finally:
-        service.stop()
+        service.stop(timeout=30)
     return {"name": name, "runs": runs}
 
 

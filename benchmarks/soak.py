@@ -20,130 +20,67 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import psqlpy
 import uvloop
 
+from benchmarks.database import admin_sql, with_search_path
 from benchmarks.load import Plan, Shard, _percentile, _run_shard, _seed
-from benchmarks.processes import children, free_port, rss_kib, start_until_ready
+from benchmarks.processes import ServiceProcess, children, rss_kib
 
 DEFAULT_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 
 
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await psqlpy.connect(dsn=dsn, connect_timeout_sec=5)
+SOAK_ENV = {
+    "WORKER_PROCESSES": "1",
+    "SHUTDOWN_TIMEOUT": "25",  # the service's default
+    "LOG_LEVEL": "WARNING",  # an access line per request would be most of the work
+}
+
+
+def events_figures(service: ServiceProcess) -> dict[str, Any]:
+    figures: dict[str, Any] = httpx.get(f"{service.base_url}/metrics/events", timeout=5).json()
+    return figures
+
+
+def clean_up(base_dsn: str, schema: str, redis_url: str, stream: str) -> None:
+    """Drop the run's schema and stream."""
     try:
-        await conn.execute_batch(sql)
-    finally:
-        conn.close()
+        asyncio.run(admin_sql(base_dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        client.delete(stream, f"{stream}.dlq")
+        client.close()
+    except Exception as exc:  # cleanup only
+        print(f"soak: cleanup failed: {exc!r}", file=sys.stderr)
 
 
-class Service:
-    """`orders-service serve` with all roles, on free ports, in a schema and a stream of its own."""
-
-    def __init__(self, base_dsn: str, redis_url: str, http_workers: int) -> None:
-        self.schema = f"soak_{uuid.uuid4().hex[:10]}"
-        self.base_dsn = base_dsn
-        separator = "&" if "?" in base_dsn else "?"
-        self.dsn = f"{base_dsn}{separator}options={quote(f'-c search_path={self.schema}', safe='')}"
-        self.redis_url = redis_url
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.stream = f"orders-soak-{uuid.uuid4().hex[:8]}"
-        self.log = tempfile.NamedTemporaryFile(prefix="orders-soak-", suffix=".log", delete=False)  # noqa: SIM115
-        self.env = {
-            **os.environ,
-            "PORT": str(self.port),
-            "GRPC_PORT": str(self.grpc_port),
-            "PPROF_PORT": str(free_port()),
-            "BIND": "127.0.0.1",
-            "DATABASE_URL": self.dsn,
-            "REDIS_URL": redis_url,
-            "EVENTS_STREAM": self.stream,
-            "HTTP_WORKERS": str(http_workers),
-            "GRPC_WORKERS": "1",
-            "WORKER_PROCESSES": "1",
-            "ROLES": "http,grpc,worker",
-            "LOG_LEVEL": "WARNING",  # an access line per request would be most of the work
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        asyncio.run(_admin(self.base_dsn, f"CREATE SCHEMA {self.schema}"))
-
-        def ready(pid: int) -> bool:
-            if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code != 200:
-                return False
-            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
-                pass
-            return len(self.processes(pid)) >= 6
-
-        self.process = start_until_ready(
-            [sys.executable, "-m", "service", "serve"],
-            self.env,
-            self.log,
-            ready,
-            timeout,
-            not_yet=(httpx.HTTPError, OSError),
-        )
-
-    def processes(self, supervisor: int | None = None) -> dict[str, int]:
-        """name -> pid of every process of the service."""
-        if supervisor is None:
-            assert self.process is not None
-            supervisor = self.process.pid
-        found = {"supervisor": supervisor}
-        for pid in children(supervisor):
-            try:
-                args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-            except OSError:
-                continue
-            role = args[args.index("role") + 1] if "role" in args else f"pid{pid}"
-            found[role] = pid
-            for index, worker in enumerate(sorted(children(pid)), 1):
-                found[f"{role}-worker-{index}"] = worker
-        return found
-
-    def events_figures(self) -> dict[str, Any]:
-        figures: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.port}/metrics/events", timeout=5).json()
-        return figures
-
-    def stop(self) -> int | None:
-        code = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+def processes(supervisor: int) -> dict[str, int]:
+    """name -> pid of every process of the service."""
+    found = {"supervisor": supervisor}
+    for pid in children(supervisor):
         try:
-            asyncio.run(_admin(self.base_dsn, f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
-            import redis
-
-            client = redis.Redis.from_url(self.redis_url)
-            client.delete(self.stream, f"{self.stream}.dlq")
-            client.close()
-        except Exception as exc:  # cleanup only
-            print(f"soak: cleanup failed: {exc!r}", file=sys.stderr)
-        return code
+            args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        role = args[args.index("role") + 1] if "role" in args else f"pid{pid}"
+        found[role] = pid
+        for index, worker in enumerate(sorted(children(pid)), 1):
+            found[f"{role}-worker-{index}"] = worker
+    return found
 
 
 class Sampler:
     """Per interval: requests, errors and p99 of each transport; RSS of every service process."""
 
-    def __init__(self, service: Service, shards: dict[str, Shard], interval: float) -> None:
+    def __init__(self, service: ServiceProcess, shards: dict[str, Shard], interval: float) -> None:
         self.service = service
         self.shards = shards
         self.interval = interval
@@ -163,8 +100,8 @@ class Sampler:
                 "errors": errors - failed,
                 "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
             }
-        sample["rss_kib"] = {name: rss_kib(pid) for name, pid in self.service.processes().items()}
-        sample["pids"] = self.service.processes()
+        sample["rss_kib"] = {name: rss_kib(pid) for name, pid in processes(self.service.pid).items()}
+        sample["pids"] = processes(self.service.pid)
         self.samples.append(sample)
         line = "  ".join(
             f"{name} {sample[name]['requests']} req {sample[name]['errors']} err p99 {sample[name]['p99_ms']} ms"
@@ -175,7 +112,7 @@ class Sampler:
         return sample
 
 
-async def drive(service: Service, args: argparse.Namespace) -> tuple[Sampler, dict[str, Shard]]:
+async def drive(service: ServiceProcess, args: argparse.Namespace) -> tuple[Sampler, dict[str, Shard]]:
     common = {
         "scenario": "mixed",
         "base_url": f"http://127.0.0.1:{service.port}",
@@ -273,15 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     from service.devservers import resolve_services
 
     data_dir = Path(tempfile.mkdtemp(prefix="orders-soak-data-"))
-    services = resolve_services(data_dir, database_name="orders_soak", persistent=False)
-    service = Service(services.database_url, services.redis_url, args.http_workers)
+    services = resolve_services(
+        data_dir,
+        database_name="orders_soak",
+        database_url=os.environ.get("DATABASE_URL"),
+        redis_url=os.environ.get("REDIS_URL"),
+        persistent=False,
+    )
+    schema = f"soak_{uuid.uuid4().hex[:10]}"
+    service = ServiceProcess(
+        with_search_path(services.database_url, schema),
+        services.redis_url,
+        "http,grpc,worker",
+        {**SOAK_ENV, "HTTP_WORKERS": str(args.http_workers)},
+        name="soak",
+    )
     drained: dict[str, Any] = {}
     exit_code: int | None = None
     try:
-        service.start()
+        asyncio.run(admin_sql(services.database_url, f"CREATE SCHEMA {schema}"))
+        service.start(wait_for_grpc=True, timeout=60.0, ready_path="/ready", also=lambda pid: len(processes(pid)) >= 6)
         print(
             f"soak: {args.seconds:.0f} s of mixed REST (x{args.rest_concurrency}) + gRPC (x{args.grpc_concurrency}) "
-            f"load; warm-up {args.warmup:.0f} s; service log {service.log.name}",
+            f"load; warm-up {args.warmup:.0f} s; service log {service.log_file.name}",
             file=sys.stderr,
         )
         sampler, shards = uvloop.run(drive(service, args))
@@ -289,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         # The worker kept up: the outbox and the stream drain once the load stops.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            drained = service.events_figures()
+            drained = events_figures(service)
             if (
                 drained["outbox"]["backlog"] == 0
                 and drained["stream"]["pending"] == 0
@@ -301,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             report["failures"].append(f"the event pipeline did not drain within 60 s: {drained}")
         report["events_after"] = drained
     finally:
-        exit_code = service.stop()
+        exit_code = service.stop(timeout=40)
+        clean_up(services.database_url, schema, services.redis_url, service.stream)
         services.stop()
     if exit_code != 0:
         report["failures"].append(f"the service exited {exit_code} on SIGTERM")

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.config import ConfigError, Settings, load_settings, redact_url
+from service.config import DEFAULT_DATABASE_URL, ROLES, ConfigError, Settings, load_settings, redact_url
 
 log = logging.getLogger("orders.cli")
 
@@ -26,13 +26,17 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 def _resolve_dependencies(settings: Settings) -> tuple[Settings, object | None]:
     """Fill DATABASE_URL/REDIS_URL from local servers or embedded ones when unset."""
-    force_embedded = os.environ.get("ORDERS_EMBEDDED", "") in ("1", "true")
+    force_embedded = settings.force_embedded
     if settings.database_url and settings.redis_url and not force_embedded:
         return settings, None
     from service.devservers import resolve_services
 
     services = resolve_services(
-        Path(settings.data_dir).resolve(), database_name="orders", force_embedded=force_embedded
+        Path(settings.data_dir).resolve(),
+        database_name="orders",
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        force_embedded=force_embedded,
     )
     if services.embedded:
         log.info("embedded servers started", extra={"embedded": services.embedded})
@@ -47,7 +51,6 @@ def _resolve_dependencies(settings: Settings) -> tuple[Settings, object | None]:
 
 
 def _migrate(settings: Settings) -> None:
-    from service.app import DEFAULT_DATABASE_URL
     from service.store.migrator import migrate
 
     applied = asyncio.run(migrate(settings.database_url or DEFAULT_DATABASE_URL))
@@ -94,11 +97,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "grpc": settings.grpc_workers,
             "worker": settings.worker_processes,
         }
-        from service.roles import ROLE_RUNNERS
+        from service.entrypoints.roles import ROLE_RUNNERS
 
         role_counts = {role: counts[role] for role in settings.roles if role in ROLE_RUNNERS}
         admin = (settings.admin_bind, settings.pprof_port) if settings.pprof_port else None
-        return Supervisor(role_counts, env, settings.shutdown_timeout).run(admin=admin)
+        supervisor = Supervisor(
+            role_counts, env, settings.shutdown_timeout, metrics_dir=metrics_dir, py_spy=settings.py_spy
+        )
+        return supervisor.run(admin=admin)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -135,8 +141,8 @@ def _stop_with_parent() -> None:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
+    from service.entrypoints.roles import ROLE_RUNNERS
     from service.observability.logging import configure_logging
-    from service.roles import ROLE_RUNNERS
 
     _stop_with_parent()
     settings = _settings_or_exit()
@@ -170,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.set_defaults(func=cmd_migrate)
     role = commands.add_parser("role", help="internal: run one role process (started by serve)")
-    role.add_argument("role", choices=["http", "grpc", "worker"])
+    role.add_argument("role", choices=list(ROLES))
     role.set_defaults(func=cmd_role)
     loadtest = commands.add_parser("loadtest", help="drive load at a running service (see --help)", add_help=False)
     loadtest.add_argument("loadtest_args", nargs=argparse.REMAINDER)

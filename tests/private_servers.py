@@ -103,7 +103,7 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             try:
-                from service.devservers import _redis_binary
+                from service.embedded_redis import redis_binary as _redis_binary
 
                 binary = _redis_binary()
             except RuntimeError:

@@ -31,14 +31,15 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psqlpy
 
+from benchmarks.database import admin_sql
 from benchmarks.processes import descendants
 from benchmarks.runtimes.servers import RUNTIMES, RuntimeServer, alive, cpu_seconds
 from benchmarks.wrk_driver import wrk_binary
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 
 DATABASE = "orders_runtimes"
 SEED_ROWS = 10_000
@@ -57,37 +58,17 @@ SCENARIOS: dict[str, str] = {  # load-tool scenario -> label
 LATEST = Path(__file__).with_name("LATEST.md")
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
-async def admin(url: str, *statements: str) -> list[Any]:
-    pool = psqlpy.ConnectionPool(dsn=url, max_db_pool_size=2, connect_timeout_sec=5)
-    results: list[Any] = []
-    try:
-        conn = await pool.connection()
-        try:
-            for statement in statements:
-                results.append((await conn.execute(statement)).result())
-        finally:
-            conn.close()
-    finally:
-        pool.close()
-    return results
-
-
 def fresh_database(admin_url: str) -> str:
     from service.store.migrator import migrate
 
     database_url = with_database(admin_url, DATABASE)
-    asyncio.run(admin(admin_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"))
+    asyncio.run(admin_sql(admin_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"))
     asyncio.run(migrate(database_url))
     # A table with rows and statistics before any server prepares its statements: planned on an
     # empty, never-analysed table, a prepared `id = ANY($1)` read is a sequential scan, and each
     # connection keeps that plan while the POST runs grow the table (until autovacuum analyses
     # it), which would measure the planner, not the runtimes.
-    asyncio.run(admin(database_url, SEED, "ANALYZE"))
+    asyncio.run(admin_sql(database_url, SEED, "ANALYZE"))
     return database_url
 
 
@@ -396,10 +377,8 @@ def write_latest(path: str, table: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--admin-url", default=os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated, of: " + ", ".join(RUNTIMES))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
@@ -439,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             result["shutdown_single"] = single_worker_probe(result["runtime"], database_url, args)
     figures["results"] = results
     figures["loadavg_end"] = os.getloadavg()
-    asyncio.run(admin(args.admin_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+    asyncio.run(admin_sql(args.admin_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
     table = markdown(figures)
     print(table)
     if args.output:

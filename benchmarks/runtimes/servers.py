@@ -3,8 +3,8 @@
 The three variants serve the same `RestApi` (service/http/api.py) from the same settings:
 
 - rsgi:  the production path, `orders-service serve --roles http` (supervisor + granian RSGI);
-- asgi:  granian's ASGI interface over service/http/asgi.py (`python -m service.http.asgi`);
-- robyn: robyn over service/http/robyn_app.py (`python -m service.http.robyn_app`).
+- asgi:  granian's ASGI interface over benchmarks/runtimes/asgi.py (`python -m benchmarks.runtimes.asgi`);
+- robyn: robyn over benchmarks/runtimes/robyn_app.py (`python -m benchmarks.runtimes.robyn_app`).
 
 Each reads PORT, BIND, HTTP_WORKERS, DATABASE_URL, REDIS_URL... from the environment, so the same
 worker count and database are given to each. The e2e tests start them through this module too.
@@ -29,8 +29,8 @@ from benchmarks.processes import descendants, free_port, start_until_ready
 
 RUNTIMES: dict[str, list[str]] = {
     "rsgi": [sys.executable, "-m", "service", "serve", "--roles", "http"],
-    "asgi": [sys.executable, "-m", "service.http.asgi"],
-    "robyn": [sys.executable, "-m", "service.http.robyn_app"],
+    "asgi": [sys.executable, "-m", "benchmarks.runtimes.asgi"],
+    "robyn": [sys.executable, "-m", "benchmarks.runtimes.robyn_app"],
 }
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

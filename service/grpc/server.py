@@ -1,23 +1,23 @@
-"""The grpc role: one grpc.aio server process on uvloop, sharing GRPC_PORT with its siblings."""
+"""The gRPC transport: server options, the health servicer and the configured grpc.aio server.
+
+What the server serves (the OrderServicer) and what decides health (a readiness check) are given
+to it; the grpc role's process (service/entrypoints/grpc.py) runs it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from service.app import Resources, build_service
-from service.config import Settings
 from service.grpc.decoding import ParsingServer
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.servicer import OrderServicer
-from service.observability.metrics import PoolGauges, publish_periodically
 
 log = logging.getLogger(__name__)
 
@@ -86,75 +86,61 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
                     await self._changed.wait()
 
 
-async def watch_database(resources: Resources, health_servicer: Health) -> None:
-    """SERVING only while PostgreSQL answers."""
-    serving: bool | None = None
-    while True:
-        try:
-            await asyncio.wait_for(resources.db.ping(), HEALTH_INTERVAL * 2)
-            now_serving = True
-        except Exception:
-            now_serving = False
-        if now_serving != serving:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING if now_serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in HEALTH_NAMES:
-                await health_servicer.set(name, status)
-            if serving is not None or not now_serving:
-                log.warning("health changed", extra={"serving": now_serving})
-            serving = now_serving
-        await asyncio.sleep(HEALTH_INTERVAL)
+class GrpcServer:
+    """A grpc.aio server with the order service, health and reflection registered.
 
+    Health is SERVING only while `check` (a readiness check) succeeds, polled by `watch_health`.
+    """
 
-async def run(settings: Settings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    resources = Resources(settings, role="grpc")
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    registry = ParsingServer(server)  # request bytes that do not parse answer INVALID_ARGUMENT
-    orders_pb2_grpc.add_OrderServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        OrderServicer(build_service(settings, resources.db, resources.tracer), tracer=resources.tracer), registry
-    )
-    health_servicer = Health()
-    for name in HEALTH_NAMES:  # until the first database ping answers
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # what enable_server_reflection does on grpc.aio
-        reflection.aio.ReflectionServicer(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        ),
-        registry,
-    )
-    address = f"{settings.bind}:{settings.grpc_port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        log.error(
-            "cannot bind the gRPC port: is the address valid and the port free (or held by another gRPC server)?",
-            extra={"address": address},
+    def __init__(self, servicer: OrderServicer, check: Callable[[], Awaitable[None]]) -> None:
+        self._check = check
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        registry = ParsingServer(self.server)  # request bytes that do not parse answer INVALID_ARGUMENT
+        orders_pb2_grpc.add_OrderServiceServicer_to_server(servicer, registry)  # type: ignore[no-untyped-call]
+        self.health = Health()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # what enable_server_reflection does on grpc.aio
+            reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            ),
+            registry,
         )
-        await resources.aclose()
-        return 1
-    await server.start()
-    log.info("gRPC listening", extra={"address": address, "port": port})
-    publish_periodically(loop, PoolGauges("grpc", resources.db.stats))
-    watcher = asyncio.create_task(watch_database(resources, health_servicer))
-    await stop.wait()
-    log.info("gRPC shutting down", extra={"grace_s": settings.shutdown_timeout})
-    watcher.cancel()
-    await health_servicer.shut_down()  # NOT_SERVING first; Watch streams send it and end
-    await server.stop(grace=settings.shutdown_timeout)  # no new calls; in-flight ones finish
-    await resources.aclose()
-    log.info("gRPC stopped")
-    return 0
 
+    def add_port(self, address: str) -> int:
+        """The port bound at `address`, or 0 when it cannot be bound."""
+        try:
+            port: int = self.server.add_insecure_port(address)
+        except RuntimeError:
+            return 0
+        return port
 
-def serve(settings: Settings) -> None:
-    code = uvloop.run(run(settings))
-    if code:
-        raise SystemExit(code)
+    async def start(self) -> None:
+        for name in HEALTH_NAMES:  # until the first check answers
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def watch_health(self) -> None:
+        """SERVING only while the check succeeds; runs until cancelled."""
+        serving: bool | None = None
+        while True:
+            try:
+                await asyncio.wait_for(self._check(), HEALTH_INTERVAL * 2)
+                now_serving = True
+            except Exception:
+                now_serving = False
+            if now_serving != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now_serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in HEALTH_NAMES:
+                    await self.health.set(name, status)
+                if serving is not None or not now_serving:
+                    log.warning("health changed", extra={"serving": now_serving})
+                serving = now_serving
+            await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.shut_down()  # NOT_SERVING first; Watch streams send it and end
+        await self.server.stop(grace=grace)  # no new calls; in-flight ones finish

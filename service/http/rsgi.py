@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from service.http.binding import BODY_METHODS, UNDECODABLE, HttpWorker, read_body
 from service.http.api import HttpRequest, RestApi
+from service.http.body import BODY_METHODS, UNDECODABLE, read_body
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,18 @@ class RsgiHeaders:
         return value
 
 
+class Worker(Protocol):
+    """What one granian worker process runs the API with: built after the fork, closed at exit."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> RestApi: ...
+
+    def close(self) -> None: ...
+
+
 class RsgiApp:
-    def __init__(self) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.api: RestApi | None = None
-        self._worker = HttpWorker()
+        self._worker = worker
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Runs in each worker process: pools are per worker and never created before the fork.
@@ -55,6 +63,3 @@ class RsgiApp:
             body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes, proto)
         response = await api.handle(HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large))
         proto.response_bytes(response.status, response.headers, response.body)
-
-
-app = RsgiApp()

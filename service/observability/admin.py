@@ -49,8 +49,8 @@ class AdminError(Exception):
         self.message = message
 
 
-def py_spy_path() -> str:
-    configured = os.environ.get("PY_SPY")
+def py_spy_path(configured: str | None) -> str:
+    """`configured` (Settings.py_spy) when given, else the py-spy beside the interpreter, else on PATH."""
     if configured:
         return configured
     beside_python = Path(sys.executable).parent / "py-spy"
@@ -110,9 +110,10 @@ def _py_spy_failure(output: str) -> AdminError:
 class Profiler:
     """Runs py-spy against the service's processes; one recording at a time."""
 
-    def __init__(self, processes: Callable[[], list[ProcessInfo]], root_pid: int) -> None:
+    def __init__(self, processes: Callable[[], list[ProcessInfo]], root_pid: int, py_spy: str | None = None) -> None:
         self._processes = processes
         self._root_pid = root_pid
+        self._py_spy = py_spy
         self._recording = threading.Lock()
 
     def _known_pid(self, raw: str | None) -> int | None:
@@ -141,7 +142,7 @@ class Profiler:
             with tempfile.TemporaryDirectory(prefix="orders-profile-") as workdir:
                 output = Path(workdir) / f"profile.{FORMATS[fmt][1]}"
                 command = [
-                    py_spy_path(),
+                    py_spy_path(self._py_spy),
                     "record",
                     "--nonblocking",
                     "--duration",
@@ -171,7 +172,7 @@ class Profiler:
         sections = []
         for process in targets:
             result = subprocess.run(
-                [py_spy_path(), "dump", "--nonblocking", "--pid", str(process.pid)],
+                [py_spy_path(self._py_spy), "dump", "--nonblocking", "--pid", str(process.pid)],
                 capture_output=True,
                 text=True,
                 timeout=30,

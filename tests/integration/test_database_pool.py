@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
+from benchmarks.database import admin_sql
 from service.domain import StoreUnavailable
 from service.store.database import Database
-from tests.conftest import IsolatedSchema, _admin
+from tests.conftest import IsolatedSchema
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ async def test_a_held_connection_broken_during_a_quiet_spell_is_replaced_before_
     database: Database, schema: IsolatedSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await _backend(database)
-    await _admin(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
+    await admin_sql(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
     monkeypatch.setattr(Database, "HELD_IDLE_CHECK_SECONDS", 0.0)  # every held connection counts as idle long
     second = await _backend(database)  # the ping finds the broken one; a fresh connection answers
     assert second != first
@@ -49,7 +50,7 @@ async def test_a_broken_held_connection_used_at_once_fails_as_unavailable_and_is
     database: Database, schema: IsolatedSchema
 ) -> None:
     first = await _backend(database)
-    await _admin(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
+    await admin_sql(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
     with pytest.raises(StoreUnavailable):
         await _backend(database)
     assert await _backend(database) != first

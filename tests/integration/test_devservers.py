@@ -8,29 +8,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psqlpy
 import psutil
 import pytest
 import redis
 
+from benchmarks.database import admin_sql, fetch_rows
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 from service.devservers import ExternalServices, answers, ensure_database, resolve_services
 
 pytestmark = pytest.mark.embedded
 
 
-async def _fetch(dsn: str, sql: str, *statements: str) -> list[tuple[Any, ...]]:
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2)
-    try:
-        conn = await pool.connection()
-        try:
-            for statement in statements:
-                await conn.execute_batch(statement)
-            rows: list[tuple[Any, ...]] = (await conn.execute(sql)).result(as_tuple=True)
-            return rows
-        finally:
-            conn.close()
-    finally:
-        pool.close()  # psqlpy aborts the interpreter at exit when a pool is left open
+def _fetch(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    return asyncio.run(fetch_rows(dsn, query))
 
 
 def _postmaster_pid(data_dir: Path) -> int:
@@ -63,7 +53,7 @@ def test_embedded_postgres_and_redis_really_work(tmp_path: Path) -> None:
     try:
         assert services.embedded == ["postgres", "redis"]
         assert "?host=" in services.database_url  # a Unix socket: nothing listens on TCP
-        rows = asyncio.run(_fetch(services.database_url, "SELECT current_database(), 41 + 1"))
+        rows = _fetch(services.database_url, "SELECT current_database(), 41 + 1")
         assert rows == [("orders_embedded_check", 42)]
 
         client = redis.Redis.from_url(services.redis_url)
@@ -90,12 +80,7 @@ def test_embedded_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -
     first = resolve_services(tmp_path, database_name="orders_embedded_check", force_embedded=True)
     try:
         asyncio.run(
-            _fetch(
-                first.database_url,
-                "SELECT 1",
-                "CREATE TABLE kept (id int PRIMARY KEY)",
-                "INSERT INTO kept VALUES (7)",
-            )
+            admin_sql(first.database_url, "CREATE TABLE kept (id int PRIMARY KEY)", "INSERT INTO kept VALUES (7)")
         )
         client = redis.Redis.from_url(first.redis_url)
         client.xadd("kept", {"n": "1"})
@@ -113,7 +98,7 @@ def test_embedded_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -
 
     second = resolve_services(tmp_path, database_name="orders_embedded_check", force_embedded=True)
     try:
-        assert asyncio.run(_fetch(second.database_url, "SELECT id FROM kept")) == [(7,)]
+        assert _fetch(second.database_url, "SELECT id FROM kept") == [(7,)]
         client = redis.Redis.from_url(second.redis_url)
         assert client.xlen("kept") == 1
         client.close()
@@ -126,23 +111,27 @@ def test_embedded_data_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -
 def test_local_servers_are_preferred_when_they_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (answers("127.0.0.1", 5432) and answers("127.0.0.1", 6379)):
         pytest.skip("no local PostgreSQL and Redis on this machine")
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.delenv("REDIS_URL", raising=False)
+    # What is configured is passed in: the environment is not read, even when it names other servers.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.example:5432/x")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
     services = resolve_services(tmp_path, database_name="orders_embedded_check")
     try:
         assert services.embedded == []
-        assert services.database_url == "postgresql://postgres@127.0.0.1:5432/orders_embedded_check"
-        assert services.redis_url == "redis://127.0.0.1:6379/0"
-        assert asyncio.run(_fetch(services.database_url, "SELECT current_database()")) == [("orders_embedded_check",)]
+        assert services.database_url == with_database(LOCAL_POSTGRES_ADMIN_URL, "orders_embedded_check")
+        assert services.redis_url == DEFAULT_REDIS_URL
+        assert _fetch(services.database_url, "SELECT current_database()") == [("orders_embedded_check",)]
     finally:
         services.stop()  # nothing of its own to stop
     assert not (tmp_path / "postgres").exists() and not (tmp_path / "redis").exists()
 
 
-def test_configured_urls_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.example:5432/x")
-    monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
-    services = resolve_services(tmp_path, database_name="ignored")
+def test_configured_urls_win(tmp_path: Path) -> None:
+    services = resolve_services(
+        tmp_path,
+        database_name="ignored",
+        database_url="postgresql://u:secret@db.example:5432/x",
+        redis_url="redis://cache.example:6379/1",
+    )
     assert isinstance(services, ExternalServices)
     assert (services.database_url, services.redis_url, services.embedded) == (
         "postgresql://u:secret@db.example:5432/x",
@@ -155,7 +144,7 @@ def test_configured_urls_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_database_names_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        ensure_database("postgresql://postgres@127.0.0.1:5432/postgres", 'x"; DROP DATABASE test; --')
+        ensure_database(LOCAL_POSTGRES_ADMIN_URL, 'x"; DROP DATABASE test; --')
     with pytest.raises(ValueError):
         resolve_services(tmp_path, database_name="Orders", force_embedded=True)
     assert not (tmp_path / "postgres").exists()

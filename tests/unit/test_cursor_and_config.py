@@ -4,7 +4,15 @@ import uuid
 
 import pytest
 
-from service.config import ConfigError, load_settings, redact_url
+from service.config import (
+    DEFAULT_DATABASE_URL,
+    ENV_VARIABLES,
+    LOCAL_POSTGRES_ADMIN_URL,
+    ConfigError,
+    load_settings,
+    redact_url,
+    with_database,
+)
 from service.cursor import CursorCodec
 
 
@@ -50,7 +58,29 @@ def test_bad_variables_name_themselves(env: dict[str, str], variable: str) -> No
 
 def test_passwords_never_appear_in_errors_or_redacted_urls() -> None:
     url = "postgresql://app:s3cret@db:5432/orders"
-    assert "s3cret" not in (redact_url(url) or "")
+    assert redact_url(url) == "postgresql://app:***@db:5432/orders"
+    assert redact_url("redis://:p@ss@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_url("postgresql://app@db/orders") == "postgresql://app@db/orders"
+    assert redact_url("redis://[::1") == "<unparsable url>"
+    assert redact_url(None) is None
     with pytest.raises(ConfigError) as caught:
         load_settings({"DATABASE_URL": "mysql://app:s3cret@db/x"})
     assert "s3cret" not in str(caught.value)
+
+
+def test_with_database_replaces_only_the_path() -> None:
+    assert with_database(LOCAL_POSTGRES_ADMIN_URL, "orders") == DEFAULT_DATABASE_URL
+    assert with_database("postgresql://u@/postgres?host=%2Ftmp", "x") == "postgresql://u@/x?host=%2Ftmp"
+
+
+def test_internal_variables_are_read_here_but_are_not_operator_settings() -> None:
+    settings = load_settings({"PROMETHEUS_MULTIPROC_DIR": "/tmp/m", "PY_SPY": "/bin/py-spy", "ORDERS_EMBEDDED": "1"})
+    assert (settings.prometheus_multiproc_dir, settings.py_spy, settings.force_embedded) == (
+        "/tmp/m",
+        "/bin/py-spy",
+        True,
+    )
+    unset = load_settings({"PROMETHEUS_MULTIPROC_DIR": "", "ORDERS_EMBEDDED": "yes"})
+    assert (unset.prometheus_multiproc_dir, unset.py_spy, unset.force_embedded) == (None, None, False)
+    assert load_settings({"ORDERS_EMBEDDED": "true"}).force_embedded
+    assert not {"PROMETHEUS_MULTIPROC_DIR", "PY_SPY", "ORDERS_EMBEDDED"} & set(ENV_VARIABLES)

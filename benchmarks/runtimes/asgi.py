@@ -4,7 +4,7 @@ It translates the ASGI request into `HttpRequest` and the `HttpResponse` back, l
 binding; routing, decoding and error mapping stay in `RestApi`. Each worker builds its own pool
 in the ASGI lifespan start-up (granian runs the lifespan in every worker, after the fork).
 
-    python -m service.http.asgi        # PORT, BIND, HTTP_WORKERS, DATABASE_URL... as for `serve`
+    python -m benchmarks.runtimes.asgi   # PORT, BIND, HTTP_WORKERS, DATABASE_URL... as for `serve`
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from service.config import Settings, load_settings
-from service.http.binding import BODY_METHODS, UNDECODABLE, HttpWorker, read_body
+from service.entrypoints.http import HttpWorker, serve_granian
 from service.http.api import HttpRequest, RestApi
+from service.http.body import BODY_METHODS, UNDECODABLE, read_body
 from service.observability.logging import role_var
 
 Message = dict[str, Any]
@@ -115,9 +116,7 @@ def create_app() -> AsgiApp:
 
 def serve(settings: Settings) -> None:
     """granian with its ASGI interface and the options the http role gives RSGI."""
-    from service.roles import serve_granian
-
-    serve_granian(settings, "service.http.asgi:create_app", interface="asgi", factory=True)
+    serve_granian(settings, "benchmarks.runtimes.asgi:create_app", interface="asgi", factory=True)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
-"""What every server binding shares: per-worker start-up, the body-size limit, undecodable headers.
+"""What every server binding shares: the request-body limit and how an undecodable header reads.
 
-The bindings (RSGI in production; ASGI and robyn for the runtime benchmark) only translate their
-server's request into `HttpRequest` and `HttpResponse` back. Everything they have in common but
-is not request handling lives here, so that no binding grows its own variant of it.
+The bindings (RSGI in production; ASGI and robyn for the runtime benchmark, in
+benchmarks/runtimes/) only translate their server's request into `HttpRequest` and `HttpResponse`
+back. What they have in common but is not request handling lives here, so that no binding grows
+its own variant of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable
-
-from service.app import Resources, build_rest_api
-from service.config import load_settings
-from service.http.api import RestApi
-from service.observability.logging import configure_logging
-from service.observability.metrics import PoolGauges, publish_periodically
 
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
@@ -59,24 +53,3 @@ def limit_read_body(body: bytes, limit: int) -> tuple[bytes, bool]:
     if len(body) > limit:
         return b"", True
     return body, False
-
-
-class HttpWorker:
-    """The REST API of one worker process: settings, logging, pool, metrics; created after the fork."""
-
-    def __init__(self) -> None:
-        self.api: RestApi | None = None
-        self._resources: Resources | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
-        settings = load_settings()
-        configure_logging(settings.log_level, role="http")
-        self._resources = Resources(settings, role="http")
-        self.api = build_rest_api(settings, self._resources)
-        publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
-        return self.api
-
-    def close(self) -> None:
-        if self._resources is not None:
-            self._resources.close_sync()
-            self._resources = None

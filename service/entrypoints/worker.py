@@ -13,39 +13,16 @@ import signal
 
 import uvloop
 
+from service.app import Resources, build_consumer, build_relay, build_service
 from service.config import Settings
-from service.domain import StoreUnavailable
-from service.events.stream import sleep_unless
-from service.orders import OrderService
+from service.events.purge import purge_idempotency_keys
+from service.observability.metrics import PoolGauges, publish_periodically
 
-log = logging.getLogger(__name__)
-
-PURGE_BATCH = 1000
-
-
-async def purge_idempotency_keys(service: OrderService, stop: asyncio.Event, interval: float) -> None:
-    """Delete expired idempotency keys in batches, every `interval` seconds."""
-    while not stop.is_set():
-        purged = 0
-        try:
-            while not stop.is_set():
-                count = await service.purge_expired_idempotency_keys(PURGE_BATCH)
-                purged += count
-                if count < PURGE_BATCH:
-                    break
-        except StoreUnavailable as exc:
-            log.warning("idempotency key purge skipped: database unavailable", extra={"error": repr(exc)})
-        except Exception:
-            log.exception("idempotency key purge failed")
-        if purged:
-            log.info("expired idempotency keys purged", extra={"count": purged})
-        await sleep_unless(stop, interval)
+# The name these lines have always been logged under (the role's code lived in service/events/worker.py).
+log = logging.getLogger("service.events.worker")
 
 
 async def run(settings: Settings) -> int:
-    from service.app import Resources, build_consumer, build_relay, build_service
-    from service.observability.metrics import PoolGauges, publish_periodically
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

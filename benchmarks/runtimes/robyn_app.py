@@ -5,7 +5,7 @@ Every method and path is routed to one catch-all handler that translates robyn's
 `RestApi`, as with the RSGI binding. Each robyn process builds its own pool in robyn's start-up
 handler (robyn forks its processes first).
 
-    python -m service.http.robyn_app   # PORT, BIND, HTTP_WORKERS, DATABASE_URL... as for `serve`
+    python -m benchmarks.runtimes.robyn_app   # PORT, BIND, HTTP_WORKERS, DATABASE_URL... as for `serve`
 
 What robyn decides before this binding runs, and so differs from the production path: it reads the
 whole body into memory before the handler runs (the 64 KiB limit is then applied to what it read),
@@ -25,8 +25,9 @@ from robyn import Headers, Request, Response, Robyn
 from robyn.argument_parser import Config
 
 from service.config import Settings, load_settings
-from service.http.binding import BODY_METHODS, HttpWorker, limit_read_body
+from service.entrypoints.http import HttpWorker
 from service.http.api import HttpRequest
+from service.http.body import BODY_METHODS, limit_read_body
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 

@@ -1,0 +1,76 @@
+"""The http role: granian serving the RSGI binding, with one HttpWorker in each granian worker.
+
+`app` is granian's target (`service.entrypoints.http:app`); `run_http` starts granian with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.app import Resources, build_rest_api
+from service.config import Settings, load_settings
+from service.http.api import RestApi
+from service.http.rsgi import RsgiApp
+from service.observability.logging import configure_logging
+from service.observability.metrics import PoolGauges, publish_periodically
+
+TARGET = "service.entrypoints.http:app"
+
+
+class HttpWorker:
+    """The REST API of one worker process: settings, logging, pool, metrics; created after the fork."""
+
+    def __init__(self) -> None:
+        self.api: RestApi | None = None
+        self._resources: Resources | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
+        settings = load_settings()
+        configure_logging(settings.log_level, role="http")
+        self._resources = Resources(settings, role="http")
+        self.api = build_rest_api(settings, self._resources)
+        publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
+        return self.api
+
+    def close(self) -> None:
+        if self._resources is not None:
+            self._resources.close_sync()
+            self._resources = None
+
+
+app = RsgiApp(HttpWorker())
+
+
+def run_http(settings: Settings) -> None:
+    serve_granian(settings, TARGET, interface="rsgi")
+
+
+def serve_granian(settings: Settings, target: str, interface: str, factory: bool = False) -> None:
+    """granian with the options of the http role; `interface` is "rsgi" (production) or "asgi"."""
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    # granian's own lines (worker spawn/stop) go through the service's JSON handler too.
+    json_logging = {
+        "handlers": {"json": {"()": "service.observability.logging.JsonLineHandler"}},
+        "loggers": {"_granian": {"handlers": ["json"], "propagate": False}},
+    }
+
+    server = Server(
+        target,
+        factory=factory,
+        address=settings.bind,
+        port=settings.port,
+        interface=Interfaces(interface),
+        workers=settings.http_workers,
+        loop=Loops.uvloop,
+        backlog=2048,
+        respawn_failed_workers=True,
+        workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
+        log_enabled=True,
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig=json_logging,
+        log_access=False,
+    )
+    server.serve()
