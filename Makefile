@@ -61,6 +61,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check service native tests benchmarks scripts
 	$(BIN)/ruff format --check service native tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/vulture
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format service native tests benchmarks scripts

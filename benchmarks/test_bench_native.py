@@ -29,5 +29,5 @@ def test_parse_uuid_stdlib(benchmark) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_format_access_line(benchmark, impl) -> None:  # type: ignore[no-untyped-def]
-    line = benchmark(impl.format_access_line, 1764000000.25, "0190-request", "http", "GET", PATH, 200, 1.2345)
+    line = benchmark(impl.format_access_line, 1764000000.25, "0190-request", "http", "GET", PATH, 200, "OK", 1.2345)
     assert line.endswith(b"\n")

@@ -15,6 +15,7 @@ from native import _pure
 
 ACTIVE = "pure-python"
 format_access_line = _pure.format_access_line
+iso_millis = _pure.iso_millis
 parse_uuid = _pure.parse_uuid
 json_string = _pure.json_string
 
@@ -26,7 +27,8 @@ if os.environ.get("ORDERS_NATIVE", "1") != "0":
     else:
         ACTIVE = "cython"
         format_access_line = _speedups.format_access_line
+        iso_millis = _speedups.iso_millis
         parse_uuid = _speedups.parse_uuid
         json_string = _speedups.json_string
 
-__all__ = ["ACTIVE", "format_access_line", "json_string", "parse_uuid"]
+__all__ = ["ACTIVE", "format_access_line", "iso_millis", "json_string", "parse_uuid"]

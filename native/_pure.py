@@ -30,7 +30,7 @@ def iso_millis(now: float) -> bytes:
 
 
 def format_access_line(
-    now: float, request_id: str, role: str, method: str, path: str, status: int, duration_ms: float
+    now: float, request_id: str, role: str, method: str, path: str, status: int, code: str, duration_ms: float
 ) -> bytes:
     """One JSON access-log line, newline included, in the shape of every other log line."""
     return b"".join(
@@ -47,6 +47,8 @@ def format_access_line(
             json_string(path),
             b',"status":',
             str(status).encode(),
+            b',"code":',
+            json_string(code),
             b',"duration_ms":',
             f"{duration_ms:.3f}".encode(),
             b"}\n",

@@ -72,17 +72,21 @@ def iso_millis(double now):
     return _iso_millis(now)
 
 
-def format_access_line(double now, str request_id, str role, str method, str path, long status,
+def format_access_line(double now, str request_id, str role, str method, str path, long status, str code,
                        double duration_ms):
-    cdef char number[48]
-    cdef int length = snprintf(number, sizeof(number), "%ld,\"duration_ms\":%.3f}\n", status, duration_ms)
+    cdef char number[24]
+    cdef char duration[48]
+    cdef int number_length = snprintf(number, sizeof(number), "%ld", status)
+    cdef int duration_length = snprintf(duration, sizeof(duration), ",\"duration_ms\":%.3f}\n", duration_ms)
     return b"".join((
         b'{"time":"', _iso_millis(now),
         b'","level":"INFO","message":"request","logger":"orders.access","request_id":', _escape(request_id),
         b',"role":', _escape(role),
         b',"method":', _escape(method),
         b',"path":', _escape(path),
-        b',"status":', number[:length],
+        b',"status":', number[:number_length],
+        b',"code":', _escape(code),
+        duration[:duration_length],
     ))
 
 

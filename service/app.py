@@ -3,27 +3,45 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 import redis.asyncio as aioredis
 
 from service.clock import SystemClock, UuidV7Source
-from service.config import Settings
+from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from service.cursor import CursorCodec
 from service.events.consumer import Consumer
 from service.events.metrics import EventsMetrics
+from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.events.stream import StreamNames
 from service.http.api import RestApi
 from service.http.openapi import openapi_bytes
 from service.observability.metrics import PrometheusMetrics
-from service.observability.tracing import NO_TRACER, Tracer, tracer_for
+from service.observability.tracing import NO_TRACER, Tracer, TracingUnavailable, tracing_installed
 from service.orders import OrderService
 from service.store.database import Database
 from service.store.postgres import PostgresOrderStore, PostgresOutbox, TracedPostgresOrderStore
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+if TYPE_CHECKING:
+    from service.grpc.server import GrpcServer
+
+
+def tracer_for(settings: Settings, role: str) -> Tracer:
+    """This process's tracer: `NO_TRACER` unless OTEL_EXPORTER_OTLP_ENDPOINT is set, else a new
+    OpenTelemetry provider exporting OTLP/HTTP (call once per process, after it has started)."""
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if not endpoint:
+        return NO_TRACER
+    if not tracing_installed():
+        raise TracingUnavailable(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed: "
+            "pip install 'orders-service[tracing]'"
+        )
+    from service.observability.otel import otlp_tracer
+
+    return otlp_tracer(endpoint, service_name=settings.otel_service_name, role=role)
 
 
 class Resources:
@@ -88,12 +106,11 @@ def build_outbox(settings: Settings, resources: Resources) -> PostgresOutbox:
 def build_relay(settings: Settings, resources: Resources) -> Relay:
     return Relay(
         build_outbox(settings, resources),
-        resources.redis,
-        settings.events_stream,
-        maxlen=settings.stream_maxlen,
+        RedisStreamPublisher(
+            resources.redis, settings.events_stream, maxlen=settings.stream_maxlen, tracer=resources.tracer
+        ),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
-        tracer=resources.tracer,
     )
 
 
@@ -134,6 +151,18 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         },
         openapi_document=openapi_bytes(),
         max_body_bytes=settings.max_body_bytes,
-        metrics=PrometheusMetrics(extra=events_metrics.prometheus),
+        metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,
     )
+
+
+def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
+    """The gRPC server of the order service; SERVING while PostgreSQL answers."""
+    # Imported here: the http and worker roles never load grpc.
+    from service.grpc.server import GrpcServer
+    from service.grpc.servicer import OrderServicer
+
+    servicer = OrderServicer(
+        build_service(settings, resources.db, resources.tracer), tracer=resources.tracer, metrics=PrometheusMetrics()
+    )
+    return GrpcServer(servicer, check=resources.db.ping)

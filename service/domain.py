@@ -121,12 +121,5 @@ class IdempotencyKeyReused(DomainError):
         super().__init__("idempotency key was already used with a different request")
 
 
-class IdempotencyInProgress(DomainError):
-    """The first request with this key has not finished yet."""
-
-    def __init__(self) -> None:
-        super().__init__("a request with this idempotency key is still in progress; retry shortly")
-
-
 class StoreUnavailable(Exception):
     """The order store cannot be reached (raised by adapters, mapped to 503/UNAVAILABLE)."""

@@ -94,7 +94,6 @@ class Consumer:
         self._next_autoclaim = 0.0
         self._group_ready = False
         self.handled_total = 0
-        self.dead_lettered_total = 0
 
     # ---- loop -----------------------------------------------------------------------------------
 
@@ -321,7 +320,6 @@ class Consumer:
             pipe.xack(self._names.stream, self._names.group, entry.id)
             await pipe.execute()
         self._retry_at.pop(entry.id, None)
-        self.dead_lettered_total += 1
         log.error(
             "event dead-lettered",
             extra={

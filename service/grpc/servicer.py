@@ -3,70 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import msgspec
 
 from service.domain import FieldViolation, ValidationFailed
 from service.grpc.convert import order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import status_for
-from service.observability.logging import JsonLineHandler, accept_request_id, request_id_var, role_var
-from service.observability.metrics import observe_grpc
+from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService, RequestContext
 
-access_log = logging.getLogger("orders.access")
 Reply = TypeVar("Reply")
 Work = Callable[[RequestContext, dict[str, str]], Awaitable[Reply]]
-SERVICE = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
-
-
-class AccessLine(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One call's access line: the same JSON shape the logging handler writes for any record."""
-
-    time: str
-    level: str
-    message: str
-    logger: str
-    request_id: str
-    role: str | None = None  # left out when unset, as the handler does
-    method: str
-    code: str
-    duration_ms: float
-
-
-_encode_line = msgspec.json.Encoder().encode
-
-
-def log_call(method: str, code: str, request_id: str, seconds: float) -> None:
-    """Writes the access line straight to the JSON line writer when logging is configured (the
-    logging module's record machinery costs ~9% of a GetOrder's throughput), else logs it plainly."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    duration_ms = round(seconds * 1000, 3)
-    sink = next((h for h in logging.getLogger().handlers if isinstance(h, JsonLineHandler)), None)
-    if sink is None or access_log.handlers or not access_log.propagate:
-        access_log.info("call", extra={"method": method, "code": code, "duration_ms": duration_ms})
-        return
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    line = AccessLine(
-        time=stamp,
-        level="INFO",
-        message="call",
-        logger="orders.access",
-        request_id=request_id,
-        role=role_var.get(),
-        method=method,
-        code=code,
-        duration_ms=duration_ms,
-    )
-    sink.write_line(_encode_line(line) + b"\n")
+_DESCRIPTOR = orders_pb2.DESCRIPTOR.services_by_name["OrderService"]
+SERVICE = _DESCRIPTOR.full_name
+# What the access line's `path` and `status` carry: the call's HTTP/2 :path and numeric grpc-status.
+_PATHS = {method.name: f"/{SERVICE}/{method.name}" for method in _DESCRIPTOR.methods}
+_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
 
 
 def expected_version(value: int) -> int | None:
@@ -81,21 +38,20 @@ _SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "IN
 
 
 class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
-    def __init__(self, service: OrderService, *, tracer: Tracer = NO_TRACER) -> None:
+    def __init__(self, service: OrderService, *, tracer: Tracer = NO_TRACER, metrics: CallMetrics = NO_METRICS) -> None:
         self._service = service
-        self._tracer = tracer
+        self._calls = CallEnvelope(metrics, tracer)
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any], work: Work[Reply]) -> Reply:
         """Request id in and out, one access line and metric per call, every failure as a status."""
         started = time.perf_counter()
         metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-        if not self._tracer.enabled:
+        if not self._calls.traced:
             return await self._run(method, context, work, metadata, started, NOOP_SPAN)
-        with self._tracer.span(
+        with self._calls.server_span(
             f"{SERVICE}/{method}",
-            "server",
-            parent=metadata.get("traceparent"),
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+            metadata.get("traceparent"),
+            {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
         ) as span:
             return await self._run(method, context, work, metadata, started, span)
 
@@ -108,19 +64,12 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         started: float,
         span: Span,
     ) -> Reply:
-        request_id = accept_request_id(metadata.get("x-request-id"))
-        token = request_id_var.set(request_id)
-        span.set_attribute("orders.request_id", request_id)
+        request_id, token = enter(metadata.get("x-request-id"))
         code = "OK"
         try:
             await context.send_initial_metadata((("x-request-id", request_id),))
             try:
-                return await work(
-                    RequestContext(
-                        request_id=request_id, traceparent=self._tracer.traceparent(metadata.get("traceparent"))
-                    ),
-                    metadata,
-                )
+                return await work(self._calls.context(request_id, metadata.get("traceparent")), metadata)
             except asyncio.CancelledError:  # the client went away or its deadline passed
                 code = "CANCELLED"
                 raise
@@ -131,13 +80,10 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                 raise  # abort_with_status always raises; this keeps type checkers honest
         finally:
             if span is not NOOP_SPAN:
-                span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
-                if code in _SERVER_ERRORS:
-                    span.set_error(code)
-            elapsed = time.perf_counter() - started
-            observe_grpc(method, code, elapsed)
-            log_call(method, code, request_id, elapsed)
-            request_id_var.reset(token)
+                failure = code if code in _SERVER_ERRORS else None
+                end_server_span(span, request_id, "rpc.grpc.status_code", _NUMBERS[code], failure)
+            self._calls.grpc_done(method, _PATHS[method], _NUMBERS[code], code, started)
+            leave(token)
 
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -10,7 +10,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.domain import (
-    IdempotencyInProgress,
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
@@ -27,7 +26,6 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (IdempotencyKeyReused, grpc.StatusCode.FAILED_PRECONDITION),
     (VersionMismatch, grpc.StatusCode.ABORTED),
-    (IdempotencyInProgress, grpc.StatusCode.ABORTED),
 ]
 
 

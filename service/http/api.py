@@ -17,9 +17,9 @@ import msgspec
 from service.domain import Order
 from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
-from service.observability.logging import accept_request_id, log_access, request_id_var
+from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, Tracer
-from service.orders import OrderService, RequestContext
+from service.orders import OrderService
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -50,20 +50,12 @@ class HttpResponse(msgspec.Struct):
     body: bytes = b""
 
 
-class HttpMetrics(Protocol):
-    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None: ...
+class HttpMetrics(CallMetrics, Protocol):
+    """What records the calls, and renders the exposition `GET /metrics` answers with."""
 
     async def render(self) -> tuple[str, bytes]:
         """Content type and body of the metrics exposition."""
         ...
-
-
-class NoMetrics:
-    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        return None
-
-    async def render(self) -> tuple[str, bytes]:
-        return "text/plain; version=0.0.4", b""
 
 
 Handler = Callable[["HttpRequest", str, str], Awaitable["HttpResponse"]]
@@ -102,7 +94,7 @@ class RestApi:
         openapi_document: bytes,
         max_body_bytes: int,
         readiness_timeout: float = 2.0,
-        metrics: HttpMetrics | None = None,
+        metrics: HttpMetrics = NO_METRICS,
         tracer: Tracer = NO_TRACER,
     ) -> None:
         self.service = service
@@ -110,9 +102,9 @@ class RestApi:
         self._readiness_checks = dict(readiness_checks)
         self._openapi = openapi_document
         self._readiness_timeout = readiness_timeout
-        self._metrics: HttpMetrics = metrics if metrics is not None else NoMetrics()
-        self._tracer = tracer
-        if tracer.enabled:  # off: `handle` stays the plain method, not a line of tracing on the path
+        self._metrics = metrics
+        self._calls = CallEnvelope(metrics, tracer)
+        if self._calls.traced:  # off: `handle` stays the plain method, not a line of tracing on the path
             self.handle = self._handle_traced  # type: ignore[method-assign]
         self._order_routes: dict[str, Handler] = {"GET": self._get, "PUT": self._update, "DELETE": self._delete}
         self._static_routes: dict[str, dict[str, Handler]] = {
@@ -126,8 +118,7 @@ class RestApi:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        request_id = accept_request_id(request.headers.get("x-request-id"))
-        token = request_id_var.set(request_id)
+        request_id, token = enter(request.headers.get("x-request-id"))
         template, methods, param = self._match(request.path)
         try:
             try:
@@ -149,39 +140,25 @@ class RestApi:
                 status, headers, body = problem_for(exc, request_id)
                 response = HttpResponse(status, [("content-type", PROBLEM_CONTENT_TYPE), *headers], body)
             response.headers.append(("x-request-id", request_id))
-            elapsed = time.perf_counter() - started
-            self._metrics.observe_http(template, request.method, response.status, elapsed)
-            log_access(request.method, request.path, response.status, elapsed)
+            self._calls.http_done(template, request.method, request.path, response.status, started)
             return response
         finally:
-            request_id_var.reset(token)
+            leave(token)
 
     async def _handle_traced(self, request: HttpRequest) -> HttpResponse:
         """`handle` inside a SERVER span that continues the request's traceparent, if any."""
         template = self._match(request.path)[0]
         method = request.method if request.method in _TRACED_METHODS else "_OTHER"
-        with self._tracer.span(
+        with self._calls.server_span(
             method if template == "unmatched" else f"{method} {template}",
-            "server",
-            parent=request.headers.get("traceparent"),
-            attributes={"http.request.method": method, "http.route": template, "url.scheme": "http"},
+            request.headers.get("traceparent"),
+            {"http.request.method": method, "http.route": template, "url.scheme": "http"},
         ) as span:
             response = await RestApi.handle(self, request)
-            span.set_attribute("http.response.status_code", response.status)
-            for name, value in reversed(response.headers):
-                if name == "x-request-id":
-                    span.set_attribute("orders.request_id", value)
-                    break
-            if response.status >= 500:
-                span.set_error(f"HTTP {response.status}")
+            request_id = next(value for name, value in reversed(response.headers) if name == "x-request-id")
+            failure = f"HTTP {response.status}" if response.status >= 500 else None
+            end_server_span(span, request_id, "http.response.status_code", response.status, failure)
             return response
-
-    def _context(self, request: HttpRequest, request_id: str) -> RequestContext:
-        """Where a change comes from: the request id, and the trace its event continues (the
-        request's span when tracing, else the incoming traceparent as is)."""
-        return RequestContext(
-            request_id=request_id, traceparent=self._tracer.traceparent(request.headers.get("traceparent"))
-        )
 
     def _match(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """Route template (never a raw id: it labels metrics), its handlers by method, path param."""
@@ -247,7 +224,7 @@ class RestApi:
             command.product,
             command.quantity,
             idempotency_key=request.headers.get("idempotency-key"),
-            ctx=self._context(request, request_id),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
         )
         extra = [("location", f"/orders/{result.order.id}")]
         if result.replayed:
@@ -287,7 +264,7 @@ class RestApi:
             quantity=command.quantity,
             status=command.status.value if command.status is not None else None,
             expected_version=expected,
-            ctx=self._context(request, request_id),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
         )
         return self._order_response(200, order)
 
@@ -296,7 +273,7 @@ class RestApi:
         await self.service.delete(
             order_id,
             expected_version=expected,
-            ctx=self._context(request, request_id),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
         )
         return HttpResponse(204, [])
 

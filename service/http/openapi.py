@@ -16,7 +16,7 @@ from service.domain import (
     Order,
 )
 from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
-from service.store.database import PoolStats
+from service.ports import PoolStats
 
 _REF = "#/components/schemas/{name}"
 
@@ -127,7 +127,6 @@ def build_openapi() -> dict[str, Any]:
                         },
                     ),
                     **body_errors,
-                    "409": _problem("A request with this Idempotency-Key is still in progress"),
                     "422": _problem("Idempotency-Key already used with a different body"),
                     **_COMMON_ERRORS,
                 },
@@ -212,7 +211,6 @@ def build_openapi() -> dict[str, Any]:
                     "204": {"description": "Deleted"},
                     "400": _problem("Malformed If-Match"),
                     "404": _problem("Unknown or malformed id"),
-                    "409": _problem("The order changed concurrently"),
                     "412": _problem("If-Match version is stale"),
                     **_COMMON_ERRORS,
                 },

@@ -10,7 +10,6 @@ import msgspec
 from service.domain import (
     DomainError,
     FieldViolation,
-    IdempotencyInProgress,
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
@@ -85,7 +84,6 @@ _DOMAIN_STATUS: list[tuple[type[BaseException], int, str, str]] = [
     (ValidationFailed, 400, "validation", "Invalid request"),
     (OrderNotFound, 404, "not-found", "Order not found"),
     (InvalidTransition, 409, "invalid-transition", "Status change not allowed"),
-    (IdempotencyInProgress, 409, "idempotency-in-progress", "Request in progress"),
     (VersionMismatch, 412, "precondition-failed", "Version does not match"),
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
 ]

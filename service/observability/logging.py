@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import msgspec
-import uuid_utils
 
 import native
 
@@ -19,26 +18,14 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 role_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("role", default=None)
 
 
-def accept_request_id(raw: str | None) -> str:
-    """The client's request id when it is 1..128 visible ASCII characters, else a new one."""
-    if raw is not None and 1 <= len(raw) <= 128 and all(33 <= ord(c) <= 126 for c in raw):
-        return raw
-    return str(uuid_utils.uuid4())
-
-
 # Attributes every LogRecord has; anything else passed with `extra=` goes into the JSON line.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _encode = msgspec.json.Encoder().encode
 
 
-def _iso_time(created: float) -> str:
-    seconds = int(created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
-
-
 def format_record(record: logging.LogRecord) -> bytes:
     line: dict[str, Any] = {
-        "time": _iso_time(record.created),
+        "time": native.iso_millis(record.created).decode(),
         "level": record.levelname,
         "message": record.getMessage(),
         "logger": record.name,
@@ -118,17 +105,23 @@ _access_log = logging.getLogger("orders.access")
 _line_sink: JsonLineHandler | None = None
 
 
-def log_access(method: str, path: str, status: int, seconds: float) -> None:
-    """The access line of one request: the same JSON shape as every log line, formatted by
-    `native` and handed straight to the line writer (the logging module's record machinery
-    cost more than the rest of a cached GET)."""
+def log_access(method: str, path: str, status: int, code: str, seconds: float) -> None:
+    """The access line of one REST request or gRPC call: the same JSON shape as every log line,
+    formatted by `native` and handed straight to the line writer (the logging module's record
+    machinery cost more than the rest of a cached GET)."""
     if not _access_log.isEnabledFor(logging.INFO):
         return
     sink = _line_sink
     if sink is None:  # logging not configured by us (e.g. embedded in tests): use it plainly
         _access_log.info(
             "request",
-            extra={"method": method, "path": path, "status": status, "duration_ms": round(seconds * 1000, 3)},
+            extra={
+                "method": method,
+                "path": path,
+                "status": status,
+                "code": code,
+                "duration_ms": round(seconds * 1000, 3),
+            },
         )
         return
     sink.write_line(
@@ -139,6 +132,7 @@ def log_access(method: str, path: str, status: int, seconds: float) -> None:
             method,
             path,
             status,
+            code,
             seconds * 1000,
         )
     )

@@ -8,7 +8,6 @@ the sum over workers, not one random worker's. Labels carry route templates, nev
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
@@ -21,7 +20,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from service.store.database import PoolStats
+from service.ports import PoolStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -43,10 +42,6 @@ POOL_WAITS = Counter("orders_db_pool_waits_total", "Acquires that found no idle 
 POOL_TIMEOUTS = Counter("orders_db_pool_acquire_timeouts_total", "Acquires that timed out", ["role"])
 
 ExtraMetrics = Callable[[], Awaitable[bytes]]
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class PoolGauges:
@@ -71,17 +66,22 @@ class PoolGauges:
 
 
 class PrometheusMetrics:
-    """The HTTP side: records each request and renders the merged exposition."""
+    """Records each REST request and gRPC call (`CallMetrics`) and renders the merged exposition."""
 
-    def __init__(self, extra: ExtraMetrics | None = None) -> None:
+    def __init__(self, extra: ExtraMetrics | None = None, multiprocess_dir: str | None = None) -> None:
         self._extra = extra
+        self._multiprocess_dir = multiprocess_dir  # Settings.prometheus_multiproc_dir
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         HTTP_REQUESTS.labels(route, method, str(status)).inc()
         HTTP_LATENCY.labels(route, method).observe(seconds)
 
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        GRPC_CALLS.labels(method, code).inc()
+        GRPC_LATENCY.labels(method).observe(seconds)
+
     async def render(self) -> tuple[str, bytes]:
-        directory = multiprocess_dir()
+        directory = self._multiprocess_dir
         if directory is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
@@ -93,13 +93,7 @@ class PrometheusMetrics:
         return CONTENT_TYPE_LATEST, body
 
 
-def observe_grpc(method: str, code: str, seconds: float) -> None:
-    GRPC_CALLS.labels(method, code).inc()
-    GRPC_LATENCY.labels(method).observe(seconds)
-
-
-def mark_process_dead(pid: int) -> None:
-    directory = multiprocess_dir()
+def mark_process_dead(pid: int, directory: str | None) -> None:
     if directory is not None:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 

@@ -26,10 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol
-
-if TYPE_CHECKING:
-    from service.config import Settings
+from typing import Literal, Protocol
 
 AttributeValue = str | bool | int | float
 Attributes = Mapping[str, AttributeValue]
@@ -157,19 +154,3 @@ def tracing_installed() -> bool:
         )
     except ModuleNotFoundError:
         return False
-
-
-def tracer_for(settings: Settings, role: str) -> Tracer:
-    """This process's tracer: `NO_TRACER` unless OTEL_EXPORTER_OTLP_ENDPOINT is set, else a new
-    OpenTelemetry provider exporting OTLP/HTTP (call once per process, after it has started)."""
-    endpoint = settings.otel_exporter_otlp_endpoint
-    if not endpoint:
-        return NO_TRACER
-    if not tracing_installed():
-        raise TracingUnavailable(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed: "
-            "pip install 'orders-service[tracing]'"
-        )
-    from service.observability.otel import otlp_tracer
-
-    return otlp_tracer(endpoint, service_name=settings.otel_service_name, role=role)

@@ -271,7 +271,8 @@ class NoOpenTelemetry(importlib.abc.MetaPathFinder):
 if sys.argv[1] == "blocked":
     sys.meta_path.insert(0, NoOpenTelemetry())
 
-import service.cli, service.roles, service.supervisor, service.http.rsgi, service.grpc.server, service.events.worker
+import service.cli, service.supervisor, service.entrypoints.roles, service.grpc.server
+import service.entrypoints.http, service.entrypoints.grpc, service.entrypoints.worker
 from service.app import Resources, build_rest_api, build_service
 from service.config import load_settings
 from service.grpc.servicer import OrderServicer

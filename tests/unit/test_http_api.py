@@ -85,7 +85,9 @@ def test_if_match_rejects_malformed(header: str) -> None:
 def test_openapi_documents_every_route_and_error() -> None:
     doc = build_openapi()
     post = doc["paths"]["/orders"]["post"]
-    assert {"201", "400", "409", "413", "415", "422", "503"} <= post["responses"].keys()
+    assert {"201", "400", "413", "415", "422", "503"} <= post["responses"].keys()
+    assert "409" not in post["responses"]  # no create is ever "still in progress"
+    assert "409" not in doc["paths"]["/orders/{id}"]["delete"]["responses"]  # a delete has no status change
     assert any(p["name"] == "Idempotency-Key" for p in post["parameters"])
     put = doc["paths"]["/orders/{id}"]["put"]
     assert {"200", "400", "404", "409", "412", "503"} <= put["responses"].keys()

@@ -37,12 +37,13 @@ def test_the_compiled_module_is_built_and_active_unless_disabled() -> None:
 @given(st.text(), st.text(max_size=20), st.integers(100, 599), st.floats(0, 1e6, allow_nan=False))
 def test_access_line_is_json_with_the_given_values(impl, path, request_id, status, duration) -> None:  # type: ignore[no-untyped-def]
     now = time.time()
-    line = impl.format_access_line(now, request_id, "http", "GET", path, status, duration)
+    line = impl.format_access_line(now, request_id, "http", "GET", path, status, "NOT_FOUND", duration)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     parsed = json.loads(line)
     assert parsed["path"] == path.encode("utf-8", "backslashreplace").decode("utf-8")
     assert parsed["request_id"] == request_id.encode("utf-8", "backslashreplace").decode("utf-8")
     assert parsed["status"] == status and abs(parsed["duration_ms"] - duration) <= 0.0005 + duration * 1e-12
+    assert parsed["code"] == "NOT_FOUND"
     assert parsed["message"] == "request" and parsed["level"] == "INFO" and parsed["time"].endswith("Z")
 
 
@@ -55,8 +56,9 @@ def test_access_line_is_json_with_the_given_values(impl, path, request_id, statu
     st.floats(0, 4e9, allow_nan=False),
 )
 def test_twins_agree_byte_for_byte(path, request_id, status, duration, now) -> None:  # type: ignore[no-untyped-def]
-    args = (now, request_id, "grpc", "POST", path, status, duration)
+    args = (now, request_id, "grpc", "POST", path, status, request_id, duration)
     assert _pure.format_access_line(*args) == _speedups.format_access_line(*args)
+    assert _pure.iso_millis(now) == _speedups.iso_millis(now)
     assert _pure.json_string(path) == _speedups.json_string(path)
 
 

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.app import tracer_for
 from service.config import ConfigError, load_settings
 from service.http.api import HttpRequest, RestApi
-from service.observability.tracing import BATCH_SIZE, NO_TRACER, NOOP_SPAN, AttributeValue, NoTracer, tracer_for
+from service.observability.tracing import BATCH_SIZE, NO_TRACER, NOOP_SPAN, AttributeValue, NoTracer
 from service.store.coalesce import Coalescer
 from tests.unit.fakes import make_service
 
