@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import uvloop
 
-from benchmarks.database import admin_sql, with_search_path
+from benchmarks.database import admin_sql, fetch_rows, with_search_path
 from benchmarks.load import Plan, Shard, _percentile, _run_shard, _seed
 from benchmarks.processes import ServiceProcess, children, rss_kib
 
@@ -251,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report["failures"].append(f"the event pipeline did not drain within 60 s: {drained}")
         report["events_after"] = drained
+        # OUTBOX_RETENTION=0: published rows are deleted, so the table holds at most the backlog.
+        rows = asyncio.run(fetch_rows(services.database_url, f"SELECT count(*) FROM {schema}.outbox"))
+        report["outbox_rows_after"] = int(rows[0][0])
+        if report["outbox_rows_after"] > 0:
+            report["failures"].append(f"{report['outbox_rows_after']} outbox rows left after the pipeline drained")
     finally:
         exit_code = service.stop(timeout=40)
         clean_up(services.database_url, schema, services.redis_url, service.stream)

@@ -82,9 +82,18 @@ class Resources:
 
 def build_service(settings: Settings, db: Database, tracer: Tracer = NO_TRACER) -> OrderService:
     store = (
-        TracedPostgresOrderStore(db, tracer, coalesce_max_batch=settings.coalesce_max_batch)
+        TracedPostgresOrderStore(
+            db,
+            tracer,
+            coalesce_max_batch=settings.coalesce_max_batch,
+            coalesce_max_in_flight=settings.coalesce_max_in_flight,
+        )
         if tracer.enabled
-        else PostgresOrderStore(db, coalesce_max_batch=settings.coalesce_max_batch)
+        else PostgresOrderStore(
+            db,
+            coalesce_max_batch=settings.coalesce_max_batch,
+            coalesce_max_in_flight=settings.coalesce_max_in_flight,
+        )
     )
     return OrderService(
         store,
@@ -100,14 +109,16 @@ def stream_names(settings: Settings) -> StreamNames:
 
 
 def build_outbox(settings: Settings, resources: Resources) -> PostgresOutbox:
-    return PostgresOutbox(resources.db, settings.database_url or DEFAULT_DATABASE_URL)
+    return PostgresOutbox(
+        resources.db, settings.database_url or DEFAULT_DATABASE_URL, retention=settings.outbox_retention
+    )
 
 
 def build_relay(settings: Settings, resources: Resources) -> Relay:
     return Relay(
         build_outbox(settings, resources),
         RedisStreamPublisher(
-            resources.redis, settings.events_stream, maxlen=settings.stream_maxlen, tracer=resources.tracer
+            resources.redis, stream_names(settings), maxlen=settings.stream_maxlen, tracer=resources.tracer
         ),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,

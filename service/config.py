@@ -53,8 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_ms: int = 1000
     relay_batch_size: int = 500
     coalesce_max_batch: int = 256
+    coalesce_max_in_flight: int = 2  # statements of one kind running at once per process
     relay_poll_interval: float = 1.0
     purge_interval: float = 60.0
+    outbox_retention: float = 0.0  # seconds published outbox rows are kept; 0: deleted once published
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "orders-service"
@@ -204,8 +206,10 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RETRY_BACKOFF_MS": ("retry_backoff_ms", _int(10, 3_600_000)),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int(1, 10_000)),
     "COALESCE_MAX_BATCH": ("coalesce_max_batch", _int(1, 1000)),
+    "COALESCE_MAX_IN_FLIGHT": ("coalesce_max_in_flight", _int(1, 64)),
     "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
+    "OUTBOX_RETENTION": ("outbox_retention", _float(0.0, 30 * 86_400.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
 }

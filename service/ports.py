@@ -102,7 +102,9 @@ class RelaySession(Protocol):
         """Up to `limit` unpublished rows, oldest first (outbox id order)."""
         ...
 
-    async def mark_published(self, ids: list[int]) -> None: ...
+    async def mark_published(self, ids: list[int]) -> None:
+        """These rows are published: kept for the retention, or removed at once when it is 0."""
+        ...
 
     async def listen(self, on_notify: Callable[[], None]) -> None:
         """Call `on_notify` whenever rows are added. Best effort: callers also poll."""
@@ -118,7 +120,13 @@ class Outbox(Protocol):
         """A session of its own for one relay, closed (and its lock released) on exit."""
         ...
 
-    async def backlog(self) -> OutboxBacklog: ...
+    async def purge_published(self, limit: int) -> int:
+        """Remove up to `limit` rows published longer than the retention ago; returns how many."""
+        ...
+
+    async def backlog(self) -> OutboxBacklog:
+        """Unpublished rows (an upper bound, cheap at any size) and the oldest one's age."""
+        ...
 
 
 class PublishFailed(Exception):

@@ -1,4 +1,4 @@
-"""The worker role: outbox relay, stream consumer and idempotency-key purge in one process.
+"""The worker role: outbox relay, stream consumer and the purges in one process.
 
 `serve(settings)` runs until SIGTERM/SIGINT, then lets the relay finish its batch (publish and
 mark) and the consumer the entries in hand, closes the pools and returns (exit code 0), all
@@ -13,9 +13,9 @@ import signal
 
 import uvloop
 
-from service.app import Resources, build_consumer, build_relay, build_service
+from service.app import Resources, build_consumer, build_outbox, build_relay, build_service
 from service.config import Settings
-from service.events.purge import purge_idempotency_keys
+from service.events.purge import purge_idempotency_keys, purge_published_events
 from service.observability.metrics import PoolGauges, publish_periodically
 
 # The name these lines have always been logged under (the role's code lived in service/events/worker.py).
@@ -42,6 +42,10 @@ async def run(settings: Settings) -> int:
             asyncio.create_task(consumer.run(stop), name="consumer"),
             asyncio.create_task(purge_idempotency_keys(service, stop, settings.purge_interval), name="purge"),
         ]
+        if settings.outbox_retention > 0:  # 0: the relay deletes each batch once it is published
+            purge_every = min(settings.purge_interval, settings.outbox_retention)
+            outbox = build_outbox(settings, resources)
+            tasks.append(asyncio.create_task(purge_published_events(outbox, stop, purge_every), name="outbox-purge"))
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
         if stopped not in done:  # a loop ended on its own: that is a bug; stop and let us be restarted

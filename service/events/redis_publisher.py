@@ -1,4 +1,4 @@
-"""The relay's EventPublisher on Redis Streams: each batch XADDed in one pipelined round trip."""
+"""The relay's EventPublisher on Redis Streams: each batch added (and the stream trimmed) by one script."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.events.stream import entry_fields
+from service.events.stream import StreamNames, entry_arguments
+from service.events.stream_script import PUBLISH_AND_TRIM
 from service.observability.tracing import NO_TRACER, Tracer
 from service.ports import OutboxRecord, PublishFailed
 
@@ -15,11 +16,13 @@ MAX_LINKS = 128  # the OpenTelemetry SDK's default span link limit
 
 
 class RedisStreamPublisher:
-    def __init__(self, redis: aioredis.Redis, stream: str, *, maxlen: int, tracer: Tracer = NO_TRACER) -> None:
+    def __init__(self, redis: aioredis.Redis, names: StreamNames, *, maxlen: int, tracer: Tracer = NO_TRACER) -> None:
         self._redis = redis
-        self._stream = stream
+        self._stream = names.stream
+        self._group = names.group
         self._maxlen = maxlen
         self._tracer = tracer
+        self._script = redis.register_script(PUBLISH_AND_TRIM)
 
     @property
     def system(self) -> str:
@@ -30,7 +33,7 @@ class RedisStreamPublisher:
         return self._stream
 
     async def publish(self, records: Sequence[OutboxRecord]) -> None:
-        """XADD every record in one round trip, in order (one connection, pipelined).
+        """XADD every record in one round trip, in order, then trim (service/events/stream_script.py).
 
         Traced as one PRODUCER span per batch: a root of its own (a batch mixes many requests'
         traces), linked to the span of each event it publishes (the first MAX_LINKS)."""
@@ -53,12 +56,7 @@ class RedisStreamPublisher:
             raise PublishFailed(f"XADD to {self._stream} failed: {exc!r}") from exc
 
     async def _xadd(self, records: Sequence[OutboxRecord]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(
-                    self._stream,
-                    entry_fields(record),  # type: ignore[arg-type]
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()
+        arguments: list[str | int] = [self._maxlen, self._group]
+        for record in records:
+            arguments += entry_arguments(record)
+        await self._script(keys=[self._stream], args=arguments)

@@ -40,6 +40,15 @@ def entry_fields(record: OutboxRecord) -> dict[str, str]:
     return fields
 
 
+def entry_arguments(record: OutboxRecord) -> list[str | int]:
+    """The entry as the publish script takes it: its field count, then fields and values."""
+    pairs = entry_fields(record)
+    arguments: list[str | int] = [2 * len(pairs)]
+    for name, value in pairs.items():
+        arguments += (name, value)
+    return arguments
+
+
 def text(fields: Fields, name: str) -> str:
     value = fields.get(name.encode())
     return "" if value is None else value.decode("utf-8", "replace")

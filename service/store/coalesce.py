@@ -1,7 +1,10 @@
 """Runs the calls made during one event-loop turn as one batch (one query instead of many).
 
 psqlpy costs about the same CPU per query whether it reads one row or fifty, so under concurrent
-load, point reads and plain inserts that arrive together are sent together.
+load, point reads and plain inserts that arrive together are sent together. While `max_in_flight`
+batches of one kind are already running, new calls wait for one of them to finish and then go
+together: a transport that hands over one call per loop turn (grpc.aio does) still gets batches,
+and under light load a call goes out at the end of its own loop turn, as before.
 
 Tracing: a caller may hand `submit` its database span; when the batch goes out, each such span
 gets the batch's size (`db.operation.batch.size`). The statement itself has no span of its own:
@@ -21,9 +24,12 @@ V = TypeVar("V")
 
 
 class Coalescer(Generic[K, V]):
-    def __init__(self, run_batch: Callable[[list[K]], Awaitable[list[V]]], max_batch: int = 256) -> None:
+    def __init__(
+        self, run_batch: Callable[[list[K]], Awaitable[list[V]]], max_batch: int = 256, max_in_flight: int = 2
+    ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._max_in_flight = max(1, max_in_flight)
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
         self._scheduled = False
         self._spans: list[Span] = []  # of the pending calls that passed one
@@ -38,7 +44,7 @@ class Coalescer(Generic[K, V]):
             self._spans.append(span)
         if len(self._pending) >= self._max_batch:
             self._flush()
-        elif not self._scheduled:
+        elif not self._scheduled and len(self._running) < self._max_in_flight:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await future
@@ -55,7 +61,13 @@ class Coalescer(Generic[K, V]):
         self.batches += 1
         task = asyncio.ensure_future(self._run(batch))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._pending and not self._scheduled:  # the calls that waited for a free slot go now
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
         try:

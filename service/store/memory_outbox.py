@@ -33,7 +33,7 @@ class MemoryRelaySession:
         return [record for record in self._outbox.records if record.id not in published][:limit]
 
     async def mark_published(self, ids: list[int]) -> None:
-        self._outbox.published.update(ids)
+        self._outbox.mark(ids)
 
     async def listen(self, on_notify: Callable[[], None]) -> None:
         self._on_notify = on_notify
@@ -48,19 +48,27 @@ class MemoryRelaySession:
 
 
 class MemoryOutbox:
-    """Rows in id order; `published` holds the ids marked published."""
+    """Rows in id order; `published` holds the ids marked published.
 
-    def __init__(self) -> None:
+    `retention` as the PostgreSQL outbox's, in seconds: 0 removes rows from `records` once
+    published, more keeps them until `purge_published` finds them older; None (the default,
+    for tests that inspect rows) keeps them.
+    """
+
+    def __init__(self, retention: float | None = None) -> None:
         self.records: list[OutboxRecord] = []
         self.published: set[int] = set()
+        self.retention = retention
+        self._published_at: dict[int, float] = {}
         self.lock_holder: MemoryRelaySession | None = None
         self.listeners: list[Callable[[], None]] = []
         self._added_at: dict[int, float] = {}  # monotonic time of each row's insert, for the backlog age
+        self._next_id = 1
 
     def add(self, event: OrderEvent) -> OutboxRecord:
         """Store the row of one event (as the order store's statement does) and notify listeners."""
         record = OutboxRecord(
-            id=len(self.records) + 1,
+            id=self._next_id,
             event_id=str(event.id),
             event_type=event.type.value,
             order_id=str(event.order.id),
@@ -70,10 +78,30 @@ class MemoryOutbox:
             occurred_at=event.occurred_at,
         )
         self.records.append(record)
+        self._next_id += 1
         self._added_at[record.id] = time.monotonic()
         for on_notify in list(self.listeners):
             on_notify()
         return record
+
+    def mark(self, ids: list[int]) -> None:
+        self.published.update(ids)
+        now = time.monotonic()
+        for row_id in ids:
+            self._published_at.setdefault(row_id, now)
+        if self.retention == 0:
+            done = set(ids)
+            self.records = [record for record in self.records if record.id not in done]
+
+    async def purge_published(self, limit: int) -> int:
+        if self.retention is None:
+            return 0
+        cutoff = time.monotonic() - self.retention
+        stored = {record.id for record in self.records}
+        due = sorted((at, row_id) for row_id, at in self._published_at.items() if at < cutoff and row_id in stored)
+        doomed = {row_id for _, row_id in due[:limit]}
+        self.records = [record for record in self.records if record.id not in doomed]
+        return len(doomed)
 
     @asynccontextmanager
     async def relay_session(self) -> AsyncIterator[MemoryRelaySession]:

@@ -212,7 +212,8 @@ def test_kill_9_of_the_worker_mid_batch_loses_nothing(
     events_service: StartService, service_schema: IsolatedSchema, test_services: TestServices
 ) -> None:
     batch = 100
-    proc = events_service(RELAY_BATCH_SIZE=str(batch), CLAIM_IDLE_MS="1000")
+    # Published rows are kept (a retention) so the stream can be checked against the table afterwards.
+    proc = events_service(RELAY_BATCH_SIZE=str(batch), CLAIM_IDLE_MS="1000", OUTBOX_RETENTION="3600")
     client = redis.Redis.from_url(test_services.redis_url)
     wait_until(lambda: _worker_pid(proc) is not None and '"relay active"' in proc.logs(), what="worker up")
     victim = _worker_pid(proc)

@@ -37,7 +37,8 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
     private_redis: PrivateRedis,
     run_service: Callable[..., ServiceProcess],
 ) -> None:
-    proc = run_service(private_postgres.url, private_redis.url)
+    # Published rows are kept (a retention) so every event can be looked for in the stream afterwards.
+    proc = run_service(private_postgres.url, private_redis.url, OUTBOX_RETENTION="3600")
     with Load(proc.base_url, proc.grpc_target, pause=0.02) as load:
         time.sleep(2.0)
         down_at = time.monotonic()

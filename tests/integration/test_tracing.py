@@ -217,7 +217,8 @@ async def test_the_consumer_span_of_a_created_order_shares_the_request_trace(
     assert response.status == 201
     [server] = caught.named("POST /orders")
 
-    relay = build_relay(settings, resources)
+    # Published rows are kept (a retention) so their traceparents can be read afterwards.
+    relay = build_relay(msgspec.structs.replace(settings, outbox_retention=3600.0), resources)
     consumer = build_consumer(settings, resources, build_service(settings, resources.db, resources.tracer))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(consumer.run(stop))]

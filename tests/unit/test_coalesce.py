@@ -53,3 +53,58 @@ async def test_a_failed_batch_fails_each_of_its_callers_only() -> None:
     assert all(isinstance(r, RuntimeError) for r in results[2:4])
     with pytest.raises(RuntimeError):
         await coalescer.submit(3)
+
+
+class Gate:
+    """A batch runner that holds every batch until released, to see what waits behind it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        await self.release.wait()
+        return items
+
+
+async def test_calls_arriving_while_the_batches_in_flight_run_wait_and_go_together() -> None:
+    gate = Gate()
+    coalescer = Coalescer(gate.run, max_in_flight=1)
+    first = asyncio.ensure_future(coalescer.submit(0))
+    await asyncio.sleep(0.01)  # the first batch is running now
+    later = [asyncio.ensure_future(coalescer.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    later.append(asyncio.ensure_future(coalescer.submit(3)))  # another loop turn, still waiting
+    await asyncio.sleep(0.01)
+    assert gate.batches == [[0]]
+    gate.release.set()
+    assert await asyncio.gather(first, *later) == [0, 1, 2, 3]
+    assert gate.batches == [[0], [1, 2, 3]]
+
+
+async def test_up_to_max_in_flight_batches_run_at_once() -> None:
+    gate = Gate()
+    coalescer = Coalescer(gate.run, max_in_flight=2)
+    calls = [asyncio.ensure_future(coalescer.submit(0))]
+    await asyncio.sleep(0.01)
+    calls.append(asyncio.ensure_future(coalescer.submit(1)))
+    await asyncio.sleep(0.01)
+    calls += [asyncio.ensure_future(coalescer.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    assert gate.batches == [[0], [1]]
+    gate.release.set()
+    assert await asyncio.gather(*calls) == [0, 1, 2, 3]
+    assert gate.batches == [[0], [1], [2, 3]]
+
+
+async def test_a_full_batch_goes_at_once_even_while_others_run() -> None:
+    gate = Gate()
+    coalescer = Coalescer(gate.run, max_batch=2, max_in_flight=1)
+    calls = [asyncio.ensure_future(coalescer.submit(0))]
+    await asyncio.sleep(0.01)
+    calls += [asyncio.ensure_future(coalescer.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert gate.batches == [[0], [1, 2]]
+    gate.release.set()
+    assert await asyncio.gather(*calls) == [0, 1, 2]

@@ -40,6 +40,7 @@ COMPILERS = ("gcc", "g++", "clang", "build-essential", "cc ", "cython", "rustc",
 INTENTIONALLY_DEFAULTED = {
     "ROLES": "each Kubernetes Deployment passes `serve --roles <role>`; compose runs all roles",
     "COALESCE_MAX_BATCH": "a tuning knob for measurements; its default is what deployments want",
+    "COALESCE_MAX_IN_FLIGHT": "a tuning knob for measurements; its default is what deployments want",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing is opt-in, and the image does not ship the `tracing` extra",
     "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
 }

@@ -186,11 +186,17 @@ def _update_params(order: Order, expected_version: int, event: OrderEvent) -> li
 
 
 class PostgresOrderStore:
-    def __init__(self, db: Database, coalesce_max_batch: int = 256) -> None:
+    def __init__(self, db: Database, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 2) -> None:
         self._db = db
-        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(self._get_many, coalesce_max_batch)
-        self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(self._create_many, coalesce_max_batch)
-        self._updates: Coalescer[tuple[Order, int, OrderEvent], bool] = Coalescer(self._update_many, coalesce_max_batch)
+        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(
+            self._get_many, coalesce_max_batch, coalesce_max_in_flight
+        )
+        self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(
+            self._create_many, coalesce_max_batch, coalesce_max_in_flight
+        )
+        self._updates: Coalescer[tuple[Order, int, OrderEvent], bool] = Coalescer(
+            self._update_many, coalesce_max_batch, coalesce_max_in_flight
+        )
 
     async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
         rows = await self._db.fetch(_GET_MANY, [ids])

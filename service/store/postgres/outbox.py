@@ -23,11 +23,26 @@ FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 
 _OUTBOX_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL"
+_OUTBOX_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
-# The oldest unpublished row by id is the oldest one written: the partial index answers both parts.
+# Rows published more than the retention ago, oldest first, a batch at a time (outbox_published_idx).
+_OUTBOX_PURGE = """
+WITH doomed AS (
+    SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+    ORDER BY published_at LIMIT $2
+), purged AS (
+    DELETE FROM outbox o USING doomed WHERE o.id = doomed.id RETURNING 1
+)
+SELECT count(*) FROM purged
+"""
+
+# Three index probes at the ends of the partial index, whatever the table's size: the backlog is
+# the span of unpublished ids (exact unless rolled-back writes skipped some ids), its age the
+# oldest one's. A count(*) would read every unpublished row on each scrape.
 _OUTBOX_BACKLOG = """
-SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL),
-       (SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1)
+SELECT lo.id, hi.id, extract(epoch FROM now() - lo.created_at)::float8
+FROM (SELECT id, created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1) lo,
+     (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id DESC LIMIT 1) hi
 """
 
 # One relay per outbox table: the key names this table (its OID), so schemas or databases that
@@ -49,8 +64,9 @@ class PostgresRelaySession:
     relay's reads and marks, so the lock is held exactly while this session's queries can succeed.
     """
 
-    def __init__(self, conn: psqlpy.Connection, dsn: str, application_name: str) -> None:
+    def __init__(self, conn: psqlpy.Connection, dsn: str, application_name: str, *, keep_published: bool) -> None:
         self._conn = conn
+        self._finish_sql = _OUTBOX_MARK if keep_published else _OUTBOX_DELETE
         self._dsn = dsn
         self._application_name = application_name
         self._listener_pool: psqlpy.ConnectionPool | None = None
@@ -87,7 +103,8 @@ class PostgresRelaySession:
         ]
 
     async def mark_published(self, ids: list[int]) -> None:
-        await self._execute(_OUTBOX_MARK, [ids])
+        """Marked (kept for the retention) or, with no retention, deleted."""
+        await self._execute(self._finish_sql, [ids])
 
     async def listen(self, on_notify: Callable[[], None]) -> None:
         """Call `on_notify` whenever rows are inserted into the outbox (LISTEN orders_outbox).
@@ -125,12 +142,18 @@ class PostgresRelaySession:
 
 
 class PostgresOutbox:
-    """The outbox table: the relay's dedicated sessions and the backlog figures."""
+    """The outbox table: the relay's dedicated sessions, the purge of published rows, the backlog.
 
-    def __init__(self, db: Database, dsn: str, application_name: str = "orders-service-relay") -> None:
+    `retention` (seconds): how long published rows are kept; 0 deletes each batch once published.
+    """
+
+    def __init__(
+        self, db: Database, dsn: str, application_name: str = "orders-service-relay", *, retention: float = 0.0
+    ) -> None:
         self._db = db
         self._dsn = dsn
         self._application_name = application_name
+        self._retention = retention
 
     @asynccontextmanager
     async def relay_session(self) -> AsyncIterator[PostgresRelaySession]:
@@ -138,13 +161,20 @@ class PostgresOutbox:
             conn = await psqlpy.connect(dsn=self._dsn, connect_timeout_sec=3, application_name=self._application_name)
         except pg_errors.Error as exc:
             raise _pg_failure(exc) from exc
-        session = PostgresRelaySession(conn, self._dsn, self._application_name)
+        session = PostgresRelaySession(conn, self._dsn, self._application_name, keep_published=self._retention > 0)
         try:
             yield session
         finally:
             await session.close()
 
+    async def purge_published(self, limit: int) -> int:
+        """Delete up to `limit` rows published more than the retention ago; returns how many."""
+        rows = await self._db.fetch(_OUTBOX_PURGE, [float(self._retention), limit])
+        return int(rows[0][0])
+
     async def backlog(self) -> OutboxBacklog:
         rows = await self._db.fetch(_OUTBOX_BACKLOG)
-        count, age = rows[0]
-        return OutboxBacklog(unpublished=int(count), oldest_age_seconds=None if age is None else max(0.0, float(age)))
+        if not rows:
+            return OutboxBacklog(unpublished=0, oldest_age_seconds=None)
+        lowest, highest, age = rows[0]
+        return OutboxBacklog(unpublished=int(highest) - int(lowest) + 1, oldest_age_seconds=max(0.0, float(age)))

@@ -38,8 +38,10 @@ class TracedPostgresOrderStore(PostgresOrderStore):
     updates) each keep their own span, with `db.operation.batch.size` saying how many went in it.
     """
 
-    def __init__(self, db: Database, tracer: Tracer, coalesce_max_batch: int = 256) -> None:
-        super().__init__(db, coalesce_max_batch)
+    def __init__(
+        self, db: Database, tracer: Tracer, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 2
+    ) -> None:
+        super().__init__(db, coalesce_max_batch, coalesce_max_in_flight)
         self._tracer = tracer
 
     def _span(self, which: tuple[str, dict[str, AttributeValue]]) -> AbstractContextManager[Span]:
