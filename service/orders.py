@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,12 @@ from service.domain import (
 from service.ports import Change, Clock, Decide, ExistingClaim, IdSource, OrderStore
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+# (order, expected version, event) per change; spelled here because OrderService.list shadows `list`.
+_Replacements = list[tuple[Order, int, OrderEvent]]
+_Indexes = list[int]
+_Flags = list[bool]
 
 
 class CreateResult(msgspec.Struct, frozen=True):
@@ -283,6 +290,34 @@ class OrderService:
         except OrderNotFound:
             return False
         return changed
+
+    async def confirm_many(self, requests: Sequence[tuple[str, RequestContext]]) -> _Flags:
+        """`confirm` for many orders at once (the consumer's batch): one read and one conditional
+        update for the lot; an order another writer changed meanwhile is confirmed on its own,
+        under its row lock. For each request, whether it confirmed the order (a repeated id: only
+        its first request can)."""
+        confirmed = [False] * len(requests)
+        first_request: dict[uuid.UUID, int] = {}
+        for index, (raw_id, _) in enumerate(requests):
+            parsed = parse_order_id(raw_id)
+            if parsed is not None:
+                first_request.setdefault(parsed, index)
+        order_ids = list(first_request)
+        changes: _Replacements = []
+        changed_request: _Indexes = []
+        for order_id, current in zip(order_ids, await self._store.get_many(order_ids), strict=True):
+            if current is None or current.status is not OrderStatus.PENDING:
+                continue
+            index = first_request[order_id]
+            changed, event = self._next_version(current, requests[index][1], status=OrderStatus.CONFIRMED)
+            assert event is not None
+            changes.append((changed, current.version, event))
+            changed_request.append(index)
+        stored = await self._store.replace_many_if_version(changes)
+        for index, was_stored in zip(changed_request, stored, strict=True):
+            raw_id, ctx = requests[index]
+            confirmed[index] = was_stored or await self.confirm(raw_id, ctx=ctx)
+        return confirmed
 
     def _next_version(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
         """The order with `fields` changed and its version bumped, and the event that says so."""

@@ -41,12 +41,21 @@ class OrderStore(Protocol):
 
     async def get(self, order_id: uuid.UUID) -> Order | None: ...
 
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+        """The orders of `order_ids`, in that order (None where absent), read together."""
+        ...
+
     async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         """Up to `limit` orders with id < before_id (all when None), newest (highest id) first."""
         ...
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         """Replace the order when its stored version is still `expected_version`; else None."""
+        ...
+
+    async def replace_many_if_version(self, changes: list[tuple[Order, int, OrderEvent]]) -> list[bool]:
+        """`replace_if_version` for several different orders at once: for each (order, expected
+        version, event), whether it was stored."""
         ...
 
     async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:

@@ -3,8 +3,11 @@
 Consumer group `order-processors` (created with MKSTREAM from the start of the stream, so nothing
 published before the group existed is skipped). Each process is one consumer (hostname-pid).
 
-- New entries: XREADGROUP `>`; entries of different orders are handled concurrently, the
-  entries of one order in stream order. Success -> XACK.
+- New entries: XREADGROUP `>`. The order.created entries of one read are confirmed together
+  (`OrderService.confirm_many`: one read and one conditional update for the batch); order.updated
+  and order.deleted (the confirmations' own events among them) need nothing and are acknowledged at
+  once; the rest (and every entry when tracing is on, so each keeps its span) go one by one,
+  entries of different orders concurrently, those of one order in stream order. One XACK per read.
 - A failed entry stays pending (not acked) and is retried by this consumer after a backoff
   (RETRY_BACKOFF_MS doubled per delivery, at most CLAIM_IDLE_MS) via XCLAIM.
 - Entries pending longer than CLAIM_IDLE_MS in any consumer (one that died) are taken over
@@ -51,6 +54,16 @@ class _OrderRef(msgspec.Struct):
 
 
 _decode_ref = msgspec.json.Decoder(_OrderRef).decode
+_CREATED = EventType.CREATED.value.encode()
+# Events the consumer only acknowledges (the confirmation's own order.updated among them).
+_NOTHING_TO_DO = frozenset((EventType.UPDATED.value.encode(), EventType.DELETED.value.encode()))
+
+
+def _order_id(entry: Entry) -> str | None:
+    try:
+        return str(_decode_ref(entry.fields.get(b"payload", b"")).id)
+    except msgspec.DecodeError:
+        return None
 
 
 def consumer_name() -> str:
@@ -188,6 +201,66 @@ class Consumer:
     # ---- handling -------------------------------------------------------------------------------
 
     async def _handle_all(self, entries: list[Entry], stop: asyncio.Event) -> None:
+        """Acknowledge what needs no work at once, confirm the created orders in one batch, and
+        handle the rest entry by entry (entries of different orders concurrently, those of one
+        order one after another)."""
+        acks: list[bytes] = []
+        creates: list[tuple[Entry, str]] = []
+        one_by_one: list[Entry] = []
+        batched = not self._tracer.enabled  # traced, each entry keeps its own CONSUMER span
+        for entry in entries:
+            event = entry.fields.get(b"event")
+            if entry.deliveries > self._max_deliveries:
+                one_by_one.append(entry)  # dead-lettered on its own
+            elif batched and event in _NOTHING_TO_DO:
+                acks.append(entry.id)
+                self.handled_total += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_handled(entry, "ignored")
+            elif batched and event == _CREATED and (order_id := _order_id(entry)) is not None:
+                creates.append((entry, order_id))
+            else:
+                one_by_one.append(entry)
+        if creates:
+            done, left = await self._confirm_batch(creates, stop)
+            acks += done
+            one_by_one += left
+        if one_by_one:
+            acks += await self._handle_by_order(one_by_one, stop)
+        if acks:
+            await self._redis.xack(self._names.stream, self._names.group, *acks)
+
+    async def _confirm_batch(
+        self, creates: list[tuple[Entry, str]], stop: asyncio.Event
+    ) -> tuple[list[bytes], list[Entry]]:
+        """Confirm the orders of these order.created entries together. Returns the entries to
+        acknowledge and those to handle one by one instead (when the batch failed for a reason
+        other than PostgreSQL being unavailable, so that the entry at fault is found)."""
+        requests = [
+            (order_id, RequestContext(request_id=text(entry.fields, "request_id") or None))
+            for entry, order_id in creates
+        ]
+        while True:
+            try:
+                outcomes = await self._service.confirm_many(requests)
+            except StoreUnavailable as exc:
+                if stop.is_set():
+                    return [], []  # they stay pending; taken over after CLAIM_IDLE_MS
+                await sleep_unless(stop, self._pg_streak.failed(exc))
+                await self._keep_claimed(*(entry for entry, _ in creates))
+                continue
+            except Exception:
+                log.warning("batch confirmation failed; handling its entries one by one", exc_info=True)
+                return [], [entry for entry, _ in creates]
+            self._pg_streak.succeeded()
+            break
+        self.handled_total += len(creates)
+        if log.isEnabledFor(logging.DEBUG):
+            for (entry, _), confirmed in zip(creates, outcomes, strict=True):
+                self._log_handled(entry, "confirmed" if confirmed else "not pending")
+        return [entry.id for entry, _ in creates], []
+
+    async def _handle_by_order(self, entries: list[Entry], stop: asyncio.Event) -> list[bytes]:
         """Entries of different orders concurrently; those of one order one after another."""
         by_order: dict[object, list[Entry]] = {}
         for entry in entries:
@@ -199,12 +272,9 @@ class Consumer:
             by_order.setdefault(key, []).append(entry)
         groups = list(by_order.values())
         if len(groups) == 1:
-            acks = await self._handle_sequence(groups[0], stop)
-        else:
-            results = await asyncio.gather(*(self._handle_sequence(group, stop) for group in groups))
-            acks = [entry_id for result in results for entry_id in result]
-        if acks:
-            await self._redis.xack(self._names.stream, self._names.group, *acks)
+            return await self._handle_sequence(groups[0], stop)
+        results = await asyncio.gather(*(self._handle_sequence(group, stop) for group in groups))
+        return [entry_id for result in results for entry_id in result]
 
     async def _handle_sequence(self, entries: list[Entry], stop: asyncio.Event) -> list[bytes]:
         acks: list[bytes] = []
@@ -235,7 +305,17 @@ class Consumer:
                 self._pg_streak.succeeded()
                 break
             self.handled_total += 1
-            log.info(
+            self._log_handled(entry, outcome)
+            return True
+        finally:
+            request_id_var.reset(token)
+
+    def _log_handled(self, entry: Entry, outcome: str) -> None:
+        """One line per handled event, at DEBUG (at INFO it cost more than confirming the order),
+        with the request id of the request that made the event."""
+        token = request_id_var.set(text(entry.fields, "request_id") or None)
+        try:
+            log.debug(
                 "event handled",
                 extra={
                     "event": text(entry.fields, "event"),
@@ -245,7 +325,6 @@ class Consumer:
                     "outcome": outcome,
                 },
             )
-            return True
         finally:
             request_id_var.reset(token)
 
@@ -289,10 +368,12 @@ class Consumer:
         log.warning("unknown event type; acking it", extra={"event": event, "entry_id": entry.id.decode()})
         return "unknown event"
 
-    async def _keep_claimed(self, entry: Entry) -> None:
-        """Reset the entry's idle time (JUSTID: its delivery count stays) while we wait for PostgreSQL."""
+    async def _keep_claimed(self, *entries: Entry) -> None:
+        """Reset the entries' idle time (JUSTID: delivery counts stay) while we wait for PostgreSQL."""
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.xclaim(self._names.stream, self._names.group, self.name, 0, [entry.id], justid=True)
+            await self._redis.xclaim(
+                self._names.stream, self._names.group, self.name, 0, [entry.id for entry in entries], justid=True
+            )
 
     async def _failed(self, entry: Entry, exc: Exception) -> bool:
         if entry.deliveries >= self._max_deliveries:

@@ -53,6 +53,9 @@ class MemoryOrderStore:
     async def get(self, order_id: uuid.UUID) -> Order | None:
         return self.orders.get(order_id)
 
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+        return [self.orders.get(order_id) for order_id in order_ids]
+
     async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         selected = [
             o
@@ -69,6 +72,9 @@ class MemoryOrderStore:
         self.orders[order.id] = order
         self._record(event)
         return order
+
+    async def replace_many_if_version(self, changes: list[tuple[Order, int, OrderEvent]]) -> list[bool]:
+        return [await self.replace_if_version(*change) is not None for change in changes]
 
     async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         current = self.orders.get(order_id)

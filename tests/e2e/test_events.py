@@ -96,7 +96,7 @@ def handled_lines(proc: ServiceProcess) -> list[dict[str, Any]]:
 def test_created_order_is_confirmed_and_both_events_carry_the_request_id(
     events_service: StartService, test_services: TestServices
 ) -> None:
-    proc = events_service()
+    proc = events_service(LOG_LEVEL="DEBUG")  # the consumer's line per event is DEBUG
     client = redis.Redis.from_url(test_services.redis_url)
     created = httpx.post(
         f"{proc.base_url}/orders", json={"product": "book", "quantity": 2}, headers={"X-Request-ID": "trace-me-1"}
@@ -152,8 +152,10 @@ def test_redis_outage_loses_no_event_and_keeps_per_order_order(
 ) -> None:
     proc = events_service(REDIS_URL=private_redis.url)
     with httpx.Client(base_url=proc.base_url, timeout=10) as http:
-        assert http.post("/orders", json={"product": "warmup", "quantity": 1}).status_code == 201
-        wait_until(lambda: '"event handled"' in proc.logs(), what="worker running")
+        warmup = http.post("/orders", json={"product": "warmup", "quantity": 1})
+        assert warmup.status_code == 201
+        warmup_url = f"/orders/{warmup.json()['id']}"
+        wait_until(lambda: http.get(warmup_url).json()["status"] == "confirmed", what="worker running")
         private_redis.stop()
         ids = []
         for i in range(20):
@@ -282,7 +284,7 @@ def test_poison_entry_goes_to_the_dlq_and_the_consumer_keeps_going(
 
 
 def test_two_workers_handle_each_entry_once(events_service: StartService, test_services: TestServices) -> None:
-    proc = events_service(WORKER_PROCESSES="2")
+    proc = events_service(WORKER_PROCESSES="2", LOG_LEVEL="DEBUG")  # a DEBUG line per handled event
     client = redis.Redis.from_url(test_services.redis_url)
 
     async def create_all() -> list[str]:

@@ -16,8 +16,9 @@ from service.domain import OrderStatus
 from service.events.consumer import Consumer
 from service.events.stream import StreamNames
 from service.observability.logging import request_id_var
-from service.orders import OrderService
+from service.orders import OrderService, RequestContext
 from service.store.database import Database
+from service.store.postgres import PostgresOrderStore
 
 if TYPE_CHECKING:
     from tests.conftest import TestServices
@@ -60,7 +61,7 @@ def captured() -> Iterator[RequestIdCapture]:
     logger = logging.getLogger("service.events")
     logger.addHandler(handler)
     old_level = logger.level
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # "event handled" lines are DEBUG
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(old_level)
@@ -217,3 +218,43 @@ async def test_poison_entry_is_retried_then_dead_lettered_and_the_consumer_keeps
     assert fields[b"original_id"] == poison_id
     assert fields[b"deliveries"] == b"3"
     assert b"ValidationError" in fields[b"error"]
+
+
+async def test_the_created_orders_of_one_read_are_confirmed_with_one_read_and_one_update(
+    store: PostgresOrderStore,
+    pg_service: OrderService,
+    redis_client: aioredis.Redis,
+    names: StreamNames,
+    start: Callable[..., Awaitable[Running]],
+    database: Database,
+) -> None:
+    orders = [(await pg_service.create(f"b{i}", 1, ctx=RequestContext(request_id=f"rid-{i}"))).order for i in range(50)]
+    for order in orders:
+        await redis_client.xadd(names.stream, created_fields(str(order.id), f"rid-{orders.index(order)}"))  # type: ignore[arg-type]
+    await redis_client.xadd(names.stream, created_fields(str(orders[0].id), "rid-0"))  # redelivered in the same read
+    calls: list[str] = []
+    real_get_many, real_replace_many = store.get_many, store.replace_many_if_version
+
+    async def get_many(ids: list[uuid.UUID]) -> list[object]:
+        calls.append(f"get_many {len(ids)}")
+        return await real_get_many(ids)  # type: ignore[return-value]
+
+    async def replace_many(changes: list[object]) -> list[bool]:
+        calls.append(f"replace_many {len(changes)}")
+        return await real_replace_many(changes)  # type: ignore[arg-type]
+
+    store.get_many = get_many  # type: ignore[method-assign, assignment]
+    store.replace_many_if_version = replace_many  # type: ignore[method-assign, assignment]
+    await start()
+
+    async def all_acked() -> bool:
+        return await _pending(redis_client, names) == 0 and len(calls) >= 2
+
+    await wait_for(all_acked)
+    assert calls == ["get_many 50", "replace_many 50"]
+    rows = await database.fetch("SELECT status, version FROM orders")
+    assert set(rows) == {("confirmed", 2)}
+    confirmations = await database.fetch(
+        "SELECT request_id FROM outbox WHERE event_type = 'order.updated' ORDER BY request_id"
+    )
+    assert sorted(row[0] for row in confirmations) == sorted(f"rid-{i}" for i in range(50))

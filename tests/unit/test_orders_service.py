@@ -214,3 +214,44 @@ async def test_failed_create_stores_no_key() -> None:
         await service.create("", 1, idempotency_key="retry-me")
     result = await service.create("book", 1, idempotency_key="retry-me")
     assert not result.replayed
+
+
+async def test_confirm_many_confirms_each_pending_order_once_with_its_own_context() -> None:
+    service, store, _ = make_service()
+    first = (await service.create("a", 1)).order
+    second = (await service.create("b", 1)).order
+    cancelled = (await service.create("c", 1)).order
+    await service.update(str(cancelled.id), status="cancelled")
+    requests = [
+        (str(first.id), RequestContext(request_id="r-1")),
+        (str(second.id), RequestContext(request_id="r-2")),
+        (str(first.id), RequestContext(request_id="r-1-again")),  # a redelivered event in the same batch
+        (str(cancelled.id), RequestContext(request_id="r-3")),
+        ("0190abcd-0000-7000-8000-00000000ffff", RequestContext()),  # gone
+        ("not-an-id", RequestContext()),
+    ]
+    assert await service.confirm_many(requests) == [True, True, False, False, False, False]
+    assert (await service.get(str(first.id))).status is OrderStatus.CONFIRMED
+    assert (await service.get(str(second.id))).version == 2
+    confirmations = [
+        (e.order.id, e.request_id)
+        for e in store.outbox
+        if e.type is EventType.UPDATED and e.order.status is OrderStatus.CONFIRMED
+    ]
+    assert confirmations == [(first.id, "r-1"), (second.id, "r-2")]
+    assert await service.confirm_many(requests[:2]) == [False, False]  # redelivery is harmless
+
+
+async def test_confirm_many_confirms_an_order_changed_meanwhile_under_its_row_lock() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("a", 1)).order
+    real_replace = store.replace_many_if_version
+
+    async def a_writer_got_there_first(changes):  # type: ignore[no-untyped-def]
+        await service.update(str(order.id), quantity=7)  # version 2, still pending
+        return await real_replace(changes)
+
+    store.replace_many_if_version = a_writer_got_there_first  # type: ignore[method-assign]
+    assert await service.confirm_many([(str(order.id), RequestContext())]) == [True]
+    current = await service.get(str(order.id))
+    assert (current.status, current.quantity, current.version) == (OrderStatus.CONFIRMED, 7, 3)

@@ -235,6 +235,9 @@ class PostgresOrderStore:
     async def get(self, order_id: uuid.UUID) -> Order | None:
         return await self._reads.submit(order_id)
 
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+        return await self._get_many(order_ids)
+
     async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         if status is None:
             if before_id is None:
@@ -276,6 +279,9 @@ class PostgresOrderStore:
         for index in later:
             results[index] = await self._update_one(*batch[index])
         return results
+
+    async def replace_many_if_version(self, changes: list[tuple[Order, int, OrderEvent]]) -> list[bool]:
+        return await self._update_many(changes) if changes else []
 
     async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         rows = await self._db.fetch(_DELETE, [order_id, expected_version, *_event_params(event)])

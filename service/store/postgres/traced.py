@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 
 from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
-from service.observability.tracing import AttributeValue, Span, Tracer
+from service.observability.tracing import BATCH_SIZE, AttributeValue, Span, Tracer
 from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.database import Database
 from service.store.postgres.orders import PostgresOrderStore
@@ -59,6 +59,11 @@ class TracedPostgresOrderStore(PostgresOrderStore):
         with self._span(_SPAN_SELECT) as span:
             return await self._reads.submit(order_id, span)
 
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+        with self._span(_SPAN_SELECT) as span:
+            span.set_attribute(BATCH_SIZE, len(order_ids))
+            return await super().get_many(order_ids)
+
     async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
         with self._span(_SPAN_SELECT):
             return await super().list_page(limit, before_id, status)
@@ -66,6 +71,11 @@ class TracedPostgresOrderStore(PostgresOrderStore):
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         with self._span(_SPAN_UPDATE) as span:
             return order if await self._updates.submit((order, expected_version, event), span) else None
+
+    async def replace_many_if_version(self, changes: list[tuple[Order, int, OrderEvent]]) -> list[bool]:
+        with self._span(_SPAN_UPDATE) as span:
+            span.set_attribute(BATCH_SIZE, len(changes))
+            return await super().replace_many_if_version(changes)
 
     async def delete_if_version(self, order_id: uuid.UUID, expected_version: int, event: OrderEvent) -> bool:
         with self._span(_SPAN_DELETE):
