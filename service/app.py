@@ -122,6 +122,7 @@ def build_relay(settings: Settings, resources: Resources) -> Relay:
         ),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
+        linger=settings.events_linger,
     )
 
 
@@ -134,6 +135,7 @@ def build_consumer(settings: Settings, resources: Resources, service: OrderServi
         max_deliveries=settings.max_deliveries,
         retry_backoff_ms=settings.retry_backoff_ms,
         dlq_maxlen=settings.stream_maxlen,
+        linger=settings.events_linger,
         tracer=resources.tracer,
     )
 

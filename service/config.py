@@ -55,6 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     coalesce_max_batch: int = 256
     coalesce_max_in_flight: int = 2  # statements of one kind running at once per process
     relay_poll_interval: float = 1.0
+    events_linger: float = 0.01  # seconds the relay and the consumer let a busy round's successors gather
     purge_interval: float = 60.0
     outbox_retention: float = 0.0  # seconds published outbox rows are kept; 0: deleted once published
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
@@ -208,6 +209,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "COALESCE_MAX_BATCH": ("coalesce_max_batch", _int(1, 1000)),
     "COALESCE_MAX_IN_FLIGHT": ("coalesce_max_in_flight", _int(1, 64)),
     "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
+    "EVENTS_LINGER": ("events_linger", _float(0.0, 1.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
     "OUTBOX_RETENTION": ("outbox_retention", _float(0.0, 30 * 86_400.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),

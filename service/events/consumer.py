@@ -44,7 +44,8 @@ from service.orders import OrderService, RequestContext
 
 log = logging.getLogger(__name__)
 
-READ_COUNT = 100
+READ_COUNT = 500
+HANDLED_AT_ONCE = 2
 READ_BLOCK_MS = 1000
 CLAIM_COUNT = 100
 
@@ -89,8 +90,10 @@ class Consumer:
         dlq_maxlen: int | None = None,
         name: str | None = None,
         tracer: Tracer = NO_TRACER,
+        linger: float = 0.0,
     ) -> None:
         self._service = service
+        self._linger = linger
         self._tracer = tracer
         self._redis = redis
         self._names = names
@@ -106,26 +109,44 @@ class Consumer:
         self._autoclaim_cursor = b"0-0"
         self._next_autoclaim = 0.0
         self._group_ready = False
+        self._in_hand: set[asyncio.Task[None]] = set()  # reads being handled (HANDLED_AT_ONCE at most)
         self.handled_total = 0
 
     # ---- loop -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entries in hand are finished before returning."""
-        while not stop.is_set():
-            try:
-                if not self._group_ready:
-                    await self.ensure_group()
-                await self._round(stop)
-                self._streak.succeeded()
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream or group was deleted: create it again
-                    self._group_ready = False
-                    continue
-                log.exception("consumer round failed")
-                await sleep_unless(stop, self._streak.failed(exc))
-            except (RedisError, OSError) as exc:
-                await sleep_unless(stop, self._streak.failed(exc))
+        try:
+            while not stop.is_set():
+                try:
+                    if not self._group_ready:
+                        await self.ensure_group()
+                    await self._round(stop)
+                    self._streak.succeeded()
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):  # the stream or group was deleted: create it again
+                        self._group_ready = False
+                        continue
+                    log.exception("consumer round failed")
+                    await sleep_unless(stop, self._streak.failed(exc))
+                except (RedisError, OSError) as exc:
+                    await sleep_unless(stop, self._streak.failed(exc))
+        finally:
+            if self._in_hand:
+                await asyncio.wait(self._in_hand)
+
+    async def _handle_in_background(self, entries: list[Entry], stop: asyncio.Event) -> None:
+        """Handle a read while the next one is read (HANDLED_AT_ONCE reads at most): a read's
+        statements then overlap the next read instead of running strictly one after another.
+        Entries of one order may be in two reads at once; only order.created entries change
+        anything, and confirming is conditional on the order's version, so that is safe."""
+        while len(self._in_hand) >= HANDLED_AT_ONCE:
+            done, _ = await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failure (Redis gone during the XACK) surfaces in run()
+        task = asyncio.create_task(self._handle_all(entries, stop))
+        self._in_hand.add(task)
+        task.add_done_callback(self._in_hand.discard)
 
     async def ensure_group(self) -> None:
         try:
@@ -153,7 +174,11 @@ class Consumer:
         )
         entries = [Entry(entry_id, fields, 1) for _, batch in response or () for entry_id, fields in batch if fields]
         if entries:
-            await self._handle_all(entries, stop)
+            await self._handle_in_background(entries, stop)
+            if len(entries) < READ_COUNT and self._linger > 0:
+                # More are on their way (a read returns as soon as one entry is there): let them
+                # gather, so a busy stream is read and confirmed in batches, not entry by entry.
+                await sleep_unless(stop, self._linger)
 
     async def _retry_due(self, stop: asyncio.Event) -> None:
         now = time.monotonic()

@@ -3,9 +3,10 @@
 Exactly one relay is active per outbox table (a session-level PostgreSQL advisory lock held by a
 dedicated session); the others stand by and retry the lock every second, so one takes over
 within about a second of the holder's death. Each round: read up to `batch_size` unpublished rows
-in id order, publish them (the Redis publisher: one pipelined XADD round trip), then mark them
-published. A crash between the publish and the mark publishes those rows again (at-least-once),
-never loses them.
+in id order, publish them (the Redis publisher: one script call), then mark them published. After
+a round that found rows the relay waits `linger` before the next one, so that under load rounds
+carry batches; an idle relay publishes the first row as soon as it is notified. A crash between
+the publish and the mark publishes those rows again (at-least-once), never loses them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class Relay:
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
+        linger: float = 0.0,
     ) -> None:
+        self._linger = linger
         self._outbox = outbox
         self._publisher = publisher
         self._batch_size = batch_size
@@ -93,5 +96,10 @@ class Relay:
                 await session.mark_published([record.id for record in records])
                 self.published_total += len(records)
                 if len(records) == self._batch_size:
+                    continue
+                if self._linger > 0:
+                    # Rows keep coming while the service is busy (a notification per statement):
+                    # let them gather, so each round publishes a batch rather than a few rows.
+                    await sleep_unless(stop, self._linger)
                     continue
             await sleep_unless(stop, self._poll_interval, wake)

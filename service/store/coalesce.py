@@ -4,7 +4,10 @@ psqlpy costs about the same CPU per query whether it reads one row or fifty, so 
 load, point reads and plain inserts that arrive together are sent together. While `max_in_flight`
 batches of one kind are already running, new calls wait for one of them to finish and then go
 together: a transport that hands over one call per loop turn (grpc.aio does) still gets batches,
-and under light load a call goes out at the end of its own loop turn, as before.
+and under light load a call goes out at the end of its own loop turn, as before. Calls never wait
+for a free slot longer than `max_wait`: when the running batches are stuck (no connection free,
+PostgreSQL slow), the next batch goes anyway, so a call's wait stays bounded by the pool's own
+acquire timeout rather than adding up behind the stuck batches.
 
 Tracing: a caller may hand `submit` its database span; when the batch goes out, each such span
 gets the batch's size (`db.operation.batch.size`). The statement itself has no span of its own:
@@ -25,11 +28,17 @@ V = TypeVar("V")
 
 class Coalescer(Generic[K, V]):
     def __init__(
-        self, run_batch: Callable[[list[K]], Awaitable[list[V]]], max_batch: int = 256, max_in_flight: int = 2
+        self,
+        run_batch: Callable[[list[K]], Awaitable[list[V]]],
+        max_batch: int = 256,
+        max_in_flight: int = 2,
+        max_wait: float = 0.05,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_in_flight = max(1, max_in_flight)
+        self._max_wait = max_wait
+        self._overdue: asyncio.TimerHandle | None = None  # sends the waiting calls after max_wait
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
         self._scheduled = False
         self._spans: list[Span] = []  # of the pending calls that passed one
@@ -44,13 +53,19 @@ class Coalescer(Generic[K, V]):
             self._spans.append(span)
         if len(self._pending) >= self._max_batch:
             self._flush()
-        elif not self._scheduled and len(self._running) < self._max_in_flight:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        elif not self._scheduled:
+            if len(self._running) < self._max_in_flight:
+                self._scheduled = True
+                loop.call_soon(self._flush)
+            elif self._overdue is None:
+                self._overdue = loop.call_later(self._max_wait, self._flush)
         return await future
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         if not self._pending:
             return
         batch, self._pending = self._pending, []

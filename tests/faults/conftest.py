@@ -340,3 +340,12 @@ def unconfirmed(dsn: str, ids: list[str]) -> int:
         dsn, "SELECT count(*) FROM orders WHERE status <> 'confirmed' AND id = ANY($1)", [[uuid.UUID(i) for i in ids]]
     )
     return int(rows[0][0])
+
+
+def wait_outbox_drained(dsn: str, timeout: float = 30.0) -> None:
+    """Every outbox row published: the confirmations' own events follow the confirmations out."""
+    wait_until(
+        lambda: sql(dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0,
+        timeout=timeout,
+        what="outbox drained",
+    )

@@ -19,8 +19,8 @@ from tests.faults.conftest import (
     PrivateRedis,
     missing_orders,
     record_figures,
-    sql,
     unconfirmed,
+    wait_outbox_drained,
     wait_until,
 )
 
@@ -79,8 +79,7 @@ def test_postgres_restart_fails_fast_recovers_and_loses_nothing(
     acked = list(load.acked)
     assert missing_orders(private_postgres.url, acked) == []
     confirm_s = wait_until(lambda: unconfirmed(private_postgres.url, acked) == 0, timeout=30, what="all confirmed")
-    unpublished = sql(private_postgres.url, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0]
-    assert unpublished == 0
+    wait_outbox_drained(private_postgres.url)
     record_figures(
         "postgres-restart",
         {**load.summary(), "restarts": figures, "down_s": DOWN_SECONDS, "all_confirmed_after_s": round(confirm_s, 2)},

@@ -31,8 +31,8 @@ from tests.faults.conftest import (
     record_figures,
     role_pids,
     served_request_ids,
-    sql,
     unconfirmed,
+    wait_outbox_drained,
     wait_until,
 )
 
@@ -108,7 +108,7 @@ def test_sigterm_under_load_fails_no_in_flight_request(
     assert missing_orders(private_postgres.url, acked) == []
     restarted = run_service(private_postgres.url, private_redis.url, EVENTS_STREAM=proc.stream)
     wait_until(lambda: unconfirmed(private_postgres.url, acked) == 0, timeout=30, what="all confirmed")
-    assert sql(private_postgres.url, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0
+    wait_outbox_drained(private_postgres.url)
     assert restarted.stop() == 0
     record_figures(
         "sigterm",
@@ -177,6 +177,6 @@ def test_sigkill_of_each_role_process_is_restarted_and_loses_nothing(
     acked = list(load.acked)
     assert missing_orders(private_postgres.url, acked) == []
     wait_until(lambda: unconfirmed(private_postgres.url, acked) == 0, timeout=30, what="all confirmed")
-    assert sql(private_postgres.url, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0
+    wait_outbox_drained(private_postgres.url)
     assert proc.logs().count("role process exited unexpectedly") == 3  # the granian worker: granian's own respawn
     record_figures("sigkill", {**load.summary(), "victims": figures})

@@ -24,6 +24,7 @@ from tests.faults.conftest import (
     record_figures,
     sql,
     unconfirmed,
+    wait_outbox_drained,
     wait_until,
 )
 
@@ -54,7 +55,7 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
     assert missing_orders(private_postgres.url, acked) == []
     wait_until(lambda: unconfirmed(private_postgres.url, acked) == 0, timeout=60, what="all confirmed")
     confirmed_after = time.monotonic() - up_at  # Redis back -> every acknowledged order confirmed
-    assert sql(private_postgres.url, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0
+    wait_outbox_drained(private_postgres.url)
     client = redis.Redis.from_url(private_redis.url)
     try:
         raw: Any = client.xrange(proc.stream)

@@ -108,3 +108,17 @@ async def test_a_full_batch_goes_at_once_even_while_others_run() -> None:
     assert gate.batches == [[0], [1, 2]]
     gate.release.set()
     assert await asyncio.gather(*calls) == [0, 1, 2]
+
+
+async def test_calls_wait_for_a_free_slot_at_most_max_wait() -> None:
+    gate = Gate()
+    coalescer = Coalescer(gate.run, max_in_flight=1, max_wait=0.05)
+    stuck = asyncio.ensure_future(coalescer.submit(0))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(coalescer.submit(1))
+    await asyncio.sleep(0.02)
+    assert gate.batches == [[0]]  # still within max_wait
+    await asyncio.sleep(0.06)
+    assert gate.batches == [[0], [1]]  # the stuck batch no longer holds it back
+    gate.release.set()
+    assert await asyncio.gather(stuck, waiting) == [0, 1]
