@@ -8,8 +8,10 @@ from datetime import timedelta
 import msgspec
 import pytest
 
+from service.clock import SystemClock, UuidV7Source
+from service.cursor import CursorCodec
 from service.domain import IdempotencyKeyReused, OrderStatus, StoreUnavailable
-from service.orders import OrderService, RequestContext
+from service.orders import CreateResult, OrderService, RequestContext
 from service.store.database import Database
 from service.store.migrator import load_migrations, migrate
 from service.store.postgres import PostgresOrderStore
@@ -167,3 +169,27 @@ async def test_status_is_stored_as_text(pg_service: OrderService, database: Data
     order = (await pg_service.create("book", 1)).order
     await pg_service.update(str(order.id), status=OrderStatus.CANCELLED.value)
     assert (await database.fetch("SELECT status FROM orders"))[0][0] == "cancelled"
+
+
+async def test_keyed_creates_of_one_loop_turn_share_a_statement_and_keep_every_rule(
+    store: PostgresOrderStore, database: Database
+) -> None:
+    service = OrderService(store, SystemClock(), UuidV7Source(), CursorCodec(b"it"))
+    first = await service.create("held", 1, idempotency_key="held-key")
+    results = await asyncio.gather(
+        *(service.create(f"k{i}", 1, idempotency_key=f"key-{i}") for i in range(20)),
+        service.create("k0", 1, idempotency_key="key-0"),  # the same key twice in one batch
+        service.create("held", 1, idempotency_key="held-key"),  # a live key from before: replayed
+        service.create("other", 2, idempotency_key="held-key"),  # ... and reused with another body
+        return_exceptions=True,
+    )
+    created, repeated, replayed, reused = results[:20], results[20], results[21], results[22]
+    assert all(isinstance(r, CreateResult) and not r.replayed for r in created)
+    assert isinstance(repeated, CreateResult) and repeated.replayed
+    assert repeated.order.id == created[0].order.id  # type: ignore[union-attr]
+    assert isinstance(replayed, CreateResult) and replayed.replayed and replayed.order.id == first.order.id
+    assert isinstance(reused, IdempotencyKeyReused)
+    counts = await database.fetch(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), (SELECT count(*) FROM idempotency_keys)"
+    )
+    assert counts == [(21, 21, 21)]

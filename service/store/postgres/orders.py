@@ -17,6 +17,7 @@ from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.coalesce import Coalescer
 from service.store.database import Database
+from service.store.postgres.keyed_creates import KeyedCreate, create_keyed_many
 
 _CREATE = """
 WITH new_order AS (
@@ -25,30 +26,6 @@ WITH new_order AS (
 INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at) VALUES ($8, $9, $1, $10::text::jsonb, $11, $12, $13)
 """
 
-# A live key blocks the insert (ON CONFLICT ... WHERE false); an expired one is taken over.
-# A concurrent first request with the same key holds the unique-index entry until it commits,
-# so this statement waits for it and then sees its outcome.
-_CREATE_WITH_KEY = """
-WITH claim AS (
-    INSERT INTO idempotency_keys (key, fingerprint, order_id, response, expires_at)
-    VALUES ($14, $15, $1, $10::text::jsonb, $16)
-    ON CONFLICT (key) DO UPDATE
-        SET fingerprint = EXCLUDED.fingerprint, order_id = EXCLUDED.order_id,
-            response = EXCLUDED.response, created_at = now(), expires_at = EXCLUDED.expires_at
-        WHERE idempotency_keys.expires_at <= $6
-    RETURNING order_id
-), new_order AS (
-    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7 FROM claim
-    RETURNING id
-), new_event AS (
-    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
-    SELECT $8, $9, $1, $10::text::jsonb, $11, $12, $13 FROM new_order
-)
-SELECT count(*) FROM claim
-"""
-
-# Creates without an idempotency key that arrive in the same loop turn: one statement, still one
-# order row and one outbox row per create, all committed together.
 _CREATE_MANY = """
 WITH new_orders AS (
     INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at)
@@ -56,10 +33,6 @@ WITH new_orders AS (
 )
 INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
 SELECT * FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[]::jsonb[], $11::text[], $12::text[], $13::timestamptz[])
-"""
-
-_EXISTING_CLAIM = """
-SELECT fingerprint, response::text FROM idempotency_keys WHERE key = $1 AND expires_at > $2
 """
 
 _GET_FOR_UPDATE = (
@@ -129,7 +102,6 @@ SELECT count(*) FROM purged
 """
 
 _encode_json = msgspec.json.Encoder().encode
-_decode_order = msgspec.json.Decoder(Order).decode
 
 
 _STATUS_BY_TEXT = {status.value: status for status in OrderStatus}
@@ -158,7 +130,7 @@ def _event_params(event: OrderEvent) -> list[Any]:
     ]
 
 
-def _create_params(order: Order, event: OrderEvent) -> list[Any]:
+def create_params(order: Order, event: OrderEvent) -> list[Any]:
     """$1..$13 of _CREATE (and, as columns, of _CREATE_MANY)."""
     return [
         order.id,
@@ -197,6 +169,12 @@ class PostgresOrderStore:
         self._updates: Coalescer[tuple[Order, int, OrderEvent], bool] = Coalescer(
             self._update_many, coalesce_max_batch, coalesce_max_in_flight
         )
+        self._keyed_creates: Coalescer[KeyedCreate, Order | ExistingClaim] = Coalescer(
+            self._create_keyed_many, coalesce_max_batch, coalesce_max_in_flight
+        )
+
+    async def _create_keyed_many(self, batch: list[KeyedCreate]) -> list[Order | ExistingClaim]:
+        return await create_keyed_many(self._db, batch)
 
     async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
         rows = await self._db.fetch(_GET_MANY, [ids])
@@ -206,11 +184,11 @@ class PostgresOrderStore:
     async def _create_many(self, batch: list[tuple[Order, OrderEvent]]) -> list[None]:
         if len(batch) == 1:
             order, event = batch[0]
-            await self._db.fetch(_CREATE, _create_params(order, event))
+            await self._db.fetch(_CREATE, create_params(order, event))
             return [None]
         columns: list[list[Any]] = [[] for _ in range(13)]
         for order, event in batch:
-            for column, value in zip(columns, _create_params(order, event), strict=True):
+            for column, value in zip(columns, create_params(order, event), strict=True):
                 column.append(value)
         await self._db.fetch(_CREATE_MANY, columns)
         return [None] * len(batch)
@@ -219,18 +197,7 @@ class PostgresOrderStore:
         if claim is None:
             await self._creates.submit((order, event))
             return order
-        params = _create_params(order, event)
-        params += [claim.key, claim.fingerprint, claim.expires_at]
-        # Two rounds at most: a live key can expire and be purged between the two statements.
-        for _ in range(2):
-            rows = await self._db.fetch(_CREATE_WITH_KEY, params)
-            if rows[0][0] == 1:
-                return order
-            existing = await self._db.fetch(_EXISTING_CLAIM, [claim.key, order.created_at])
-            if existing:
-                fingerprint, response = existing[0]
-                return ExistingClaim(fingerprint=bytes(fingerprint), order=_decode_order(response))
-        raise RuntimeError("idempotency key neither claimable nor readable")
+        return await self._keyed_creates.submit((order, event, claim, create_params(order, event)))
 
     async def get(self, order_id: uuid.UUID) -> Order | None:
         return await self._reads.submit(order_id)

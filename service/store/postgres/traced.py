@@ -10,7 +10,7 @@ from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
 from service.observability.tracing import BATCH_SIZE, AttributeValue, Span, Tracer
 from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.database import Database
-from service.store.postgres.orders import PostgresOrderStore
+from service.store.postgres.orders import PostgresOrderStore, create_params
 
 
 def _db_span(operation: str, table: str) -> tuple[str, dict[str, AttributeValue]]:
@@ -53,7 +53,7 @@ class TracedPostgresOrderStore(PostgresOrderStore):
                 await self._creates.submit((order, event), span)
                 return order
             span.set_attribute("orders.idempotency_key", True)
-            return await super().create(order, event, claim)
+            return await self._keyed_creates.submit((order, event, claim, create_params(order, event)), span)
 
     async def get(self, order_id: uuid.UUID) -> Order | None:
         with self._span(_SPAN_SELECT) as span:
