@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     coalesce_max_batch: int = 256
     relay_poll_interval: float = 1.0
     purge_interval: float = 60.0
+    # watchers (GET /orders/changes, WatchOrders)
+    watch_buffer: int = 1000
+    watch_heartbeat: float = 15.0
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "orders-service"
@@ -206,6 +209,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "COALESCE_MAX_BATCH": ("coalesce_max_batch", _int(1, 1000)),
     "RELAY_POLL_INTERVAL": ("relay_poll_interval", _float(0.01, 60.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
+    "WATCH_BUFFER": ("watch_buffer", _int(1, 1_000_000)),
+    "WATCH_HEARTBEAT": ("watch_heartbeat", _float(0.1, 3600.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
 }
