@@ -119,6 +119,8 @@ def check_resume(cursor: str, position: tuple[int, int], bounds: FeedBounds) -> 
     last = parse_change_cursor(bounds.last)
     if last is not None and position > last:
         raise ValidationFailed([FieldViolation("after", "is ahead of the change feed: not a cursor it issued")])
+    if not bounds.trimmed:  # the feed still holds every change it ever had
+        return
     first = parse_change_cursor(bounds.first) if bounds.first is not None else None
     if first is None:
         if last is not None and position < last:  # every change after it is gone

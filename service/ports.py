@@ -155,11 +155,12 @@ class FeedEntry(msgspec.Struct, frozen=True):
 
 
 class FeedBounds(msgspec.Struct, frozen=True):
-    """What the feed still holds: the cursor of its oldest change (None: none held) and the
-    last cursor it ever issued ("0-0" when none)."""
+    """What the feed still holds: the cursor of its oldest change (None: none held), the last
+    cursor it ever issued ("0-0" when none), and whether any change ever left it (trimmed)."""
 
     first: str | None
     last: str
+    trimmed: bool
 
 
 class WatchSpec(msgspec.Struct, frozen=True):

@@ -24,7 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from service.domain import ChangesUnavailable, Order, WatcherTooSlow
+from service.domain import ChangesUnavailable, CursorExpired, Order, WatcherTooSlow
 from service.events.stream import FailureStreak, Fields, sleep_unless, text
 from service.ports import FeedBounds, FeedEntry, WatchSpec
 
@@ -60,6 +60,21 @@ def _entry(raw_id: bytes, fields: Fields) -> FeedEntry | None:
         event_id=text(fields, "event_id"),
         occurred_at=text(fields, "occurred_at"),
         owner=owner.decode("utf-8", "replace") if owner is not None else None,
+    )
+
+
+def _bounds(info: Any, stream: str) -> FeedBounds:
+    """FeedBounds from an XINFO STREAM reply (or its error: a stream not created yet is empty)."""
+    if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+        return FeedBounds(first=None, last="0-0", trimmed=False)
+    if isinstance(info, Exception):
+        raise ChangesUnavailable(f"XINFO STREAM {stream} failed: {info!r}")
+    first = info.get("first-entry")
+    last = info.get("last-generated-id", b"0-0")
+    return FeedBounds(
+        first=first[0].decode() if first else None,
+        last=last.decode() if isinstance(last, bytes) else str(last),
+        trimmed=int(info.get("entries-added", 0)) != int(info.get("length", 0)),
     )
 
 
@@ -194,25 +209,28 @@ class RedisChangeFeed:
 
     async def bounds(self) -> FeedBounds:
         try:
-            info: dict[str, Any] = await self._redis.xinfo_stream(self._stream)
+            info = await self._redis.xinfo_stream(self._stream)
         except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return FeedBounds(first=None, last="0-0")
-            raise ChangesUnavailable(f"XINFO STREAM {self._stream} failed: {exc!r}") from exc
+            return _bounds(exc, self._stream)
         except (RedisError, OSError) as exc:
             raise ChangesUnavailable(f"XINFO STREAM {self._stream} failed: {exc!r}") from exc
-        first = info.get("first-entry")
-        last = info.get("last-generated-id", b"0-0")
-        return FeedBounds(
-            first=first[0].decode() if first else None,
-            last=last.decode() if isinstance(last, bytes) else str(last),
-        )
+        return _bounds(info, self._stream)
 
     async def read_range(self, after: str, until: str | None) -> list[tuple[bytes, Fields]]:
+        """The page of entries after `after`; CursorExpired when entries after it may have been
+        trimmed already (the oldest entry held is newer), so a slow catch-up never skips silently."""
         try:
-            page: Any = await self._redis.xrange(self._stream, min=f"({after}", max=until or "+", count=PAGE)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xrange(self._stream, min=f"({after}", max=until or "+", count=PAGE)
+                pipe.xinfo_stream(self._stream)
+                page, info = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise ChangesUnavailable(f"XRANGE {self._stream} failed: {exc!r}") from exc
+        if isinstance(page, Exception):
+            raise ChangesUnavailable(f"XRANGE {self._stream} failed: {page!r}")
+        bounds = _bounds(info, self._stream)
+        if bounds.trimmed and bounds.first is not None and _position(bounds.first) > _position(after):
+            raise CursorExpired(after)
         return list(page)
 
     async def subscribe(self, after: str | None, spec: WatchSpec) -> Subscription:
