@@ -16,6 +16,7 @@ _ = (
     _.ListOrders,
     _.UpdateOrder,
     _.DeleteOrder,
+    _.WatchOrders,
     _.Watch,
     # http.server's BaseHTTPRequestHandler / ThreadingHTTPServer API (observability/admin.py).
     _.server_version,

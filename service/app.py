@@ -16,6 +16,7 @@ from service.events.metrics import EventsMetrics
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.events.stream import StreamNames
+from service.events.watch import RedisChangeFeed
 from service.http.api import RestApi
 from service.http.openapi import openapi_bytes
 from service.observability.metrics import PrometheusMetrics
@@ -68,19 +69,25 @@ class Resources:
             socket_connect_timeout=2.0,
             health_check_interval=30,
         )
+        # Watchers' change feed: its reader starts with the first watcher.
+        self.changes = RedisChangeFeed(self.redis, settings.events_stream, buffer=settings.watch_buffer)
 
     async def aclose(self) -> None:
+        self.changes.close()
         await self.redis.aclose()
         self.close_sync()
 
     def close_sync(self) -> None:
         """Close the pool and flush the tracer (what a binding without a running loop can close)."""
+        self.changes.close()
         self.db.close()
         if self._owns_tracer:
             self.tracer.shutdown()
 
 
-def build_service(settings: Settings, db: Database, tracer: Tracer = NO_TRACER) -> OrderService:
+def build_service(
+    settings: Settings, db: Database, tracer: Tracer = NO_TRACER, changes: RedisChangeFeed | None = None
+) -> OrderService:
     store = (
         TracedPostgresOrderStore(
             db,
@@ -101,6 +108,7 @@ def build_service(settings: Settings, db: Database, tracer: Tracer = NO_TRACER) 
         UuidV7Source(),
         CursorCodec(settings.cursor_secret.encode()),
         idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+        changes=changes,
     )
 
 
@@ -156,7 +164,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
     events_metrics = EventsMetrics(build_outbox(settings, resources), redis_client, stream_names(settings))
 
     return RestApi(
-        build_service(settings, db, resources.tracer),
+        build_service(settings, db, resources.tracer, resources.changes),
         readiness_checks={"postgres": check_postgres, "redis": check_redis},
         json_endpoints={
             "/metrics/db": pool_figures,
@@ -166,6 +174,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         max_body_bytes=settings.max_body_bytes,
         metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,
+        heartbeat_seconds=settings.watch_heartbeat,
     )
 
 
@@ -176,6 +185,8 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
     from service.grpc.servicer import OrderServicer
 
     servicer = OrderServicer(
-        build_service(settings, resources.db, resources.tracer), tracer=resources.tracer, metrics=PrometheusMetrics()
+        build_service(settings, resources.db, resources.tracer, resources.changes),
+        tracer=resources.tracer,
+        metrics=PrometheusMetrics(),
     )
     return GrpcServer(servicer, check=resources.db.ping)

@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     events_linger: float = 0.01  # seconds the relay and the consumer let a busy round's successors gather
     purge_interval: float = 60.0
     outbox_retention: float = 0.0  # seconds published outbox rows are kept; 0: deleted once published
+    # watchers (GET /orders/changes, WatchOrders)
+    watch_buffer: int = 1000
+    watch_heartbeat: float = 15.0
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "orders-service"
@@ -212,6 +215,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "EVENTS_LINGER": ("events_linger", _float(0.0, 1.0)),
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
     "OUTBOX_RETENTION": ("outbox_retention", _float(0.0, 30 * 86_400.0)),
+    "WATCH_BUFFER": ("watch_buffer", _int(1, 1_000_000)),
+    "WATCH_HEARTBEAT": ("watch_heartbeat", _float(0.1, 3600.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
 }

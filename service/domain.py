@@ -123,3 +123,26 @@ class IdempotencyKeyReused(DomainError):
 
 class StoreUnavailable(Exception):
     """The order store cannot be reached (raised by adapters, mapped to 503/UNAVAILABLE)."""
+
+
+class CursorExpired(DomainError):
+    """A watch resumes from a cursor older than the event stream still holds: changes are gone."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(
+            f"cursor {cursor} is older than the oldest change still held; "
+            "read the orders afresh, then watch from now (no cursor)"
+        )
+
+
+class WatcherTooSlow(DomainError):
+    """A watcher fell more changes behind than its buffer holds and was closed."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(
+            f"the watcher fell more than {capacity} changes behind and was closed; resume from its last cursor"
+        )
+
+
+class ChangesUnavailable(Exception):
+    """The change feed (the events stream) cannot be reached, or is shutting down (503/UNAVAILABLE)."""

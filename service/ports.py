@@ -160,6 +160,65 @@ class EventPublisher(Protocol):
         ...
 
 
+class FeedEntry(msgspec.Struct, frozen=True):
+    """One change of one order as the change feed delivers it; `cursor` is its place in the feed."""
+
+    cursor: str
+    event: str
+    order: Order
+    event_id: str
+    occurred_at: str
+    owner: str | None
+
+
+class FeedBounds(msgspec.Struct, frozen=True):
+    """What the feed still holds: the cursor of its oldest change (None: none held), the last
+    cursor it ever issued ("0-0" when none), and whether any change ever left it (trimmed)."""
+
+    first: str | None
+    last: str
+    trimmed: bool
+
+
+class WatchSpec(msgspec.Struct, frozen=True):
+    """Which changes a watcher receives, as the service layer decided.
+
+    `order_ids`: None for every order. `visible`: None when the watcher may see every owner's
+    changes, else the test of one change's owner.
+    """
+
+    order_ids: frozenset[str] | None
+    visible: Callable[[str | None], bool] | None
+
+
+class ChangeSubscription(Protocol):
+    """One watcher's place in the feed, with a bounded buffer of its own."""
+
+    async def changes(self, wait_seconds: float) -> list[FeedEntry]:
+        """The next changes in feed order (at least one), or [] when none arrived within `wait_seconds`.
+
+        Raises StopAsyncIteration once the feed shuts down (after every change already buffered),
+        WatcherTooSlow when the buffer overflowed.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    """Every change of every order, in order, from the events stream; one reader per process."""
+
+    async def bounds(self) -> FeedBounds: ...
+
+    async def subscribe(self, after: str | None, spec: WatchSpec) -> ChangeSubscription:
+        """The changes after cursor `after` (None: from now) that `spec` selects.
+
+        With a cursor, the first changes after it have been read when this returns, so that a
+        `bounds()` read afterwards tells whether any change after it was already gone.
+        """
+        ...
+
+
 class PoolStats(msgspec.Struct, frozen=True):
     size: int
     max_size: int

@@ -39,6 +39,7 @@ async def run(settings: Settings) -> int:
     await stop.wait()
     log.info("gRPC shutting down", extra={"grace_s": settings.shutdown_timeout})
     watcher.cancel()
+    resources.changes.close()  # WatchOrders streams end (OK) after what they hold, so the grace is not spent on them
     await server.stop(grace=settings.shutdown_timeout)
     await resources.aclose()
     log.info("gRPC stopped")

@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
+from types import FrameType
 
 from service.app import Resources, build_rest_api
 from service.config import Settings, load_settings
@@ -30,12 +33,31 @@ class HttpWorker:
         self._resources = Resources(settings, role="http")
         self.api = build_rest_api(settings, self._resources)
         publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
+        end_on_shutdown(loop, self._resources.changes.close)
         return self.api
 
     def close(self) -> None:
         if self._resources is not None:
             self._resources.close_sync()
             self._resources = None
+
+
+def end_on_shutdown(loop: asyncio.AbstractEventLoop, end: Callable[[], None]) -> None:
+    """Call `end` when the worker is told to stop (SIGTERM/SIGINT), so that watch streams end then.
+
+    granian drains in-flight responses before its worker exits, and an SSE stream never ends on its
+    own: it would hold the worker until granian's kill timeout. granian's own handler (installed
+    through the loop before the app starts) still runs: it is chained, not replaced.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: FrameType | None, previous: object = previous) -> None:
+            loop.call_soon_threadsafe(end)
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, handler)
 
 
 app = RsgiApp(HttpWorker())

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from service.domain import FieldViolation, ValidationFailed
-from service.grpc.convert import order_to_pb, status_from_pb
+from service.grpc.convert import ChangeMessages, order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import status_for
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
@@ -33,6 +33,9 @@ def expected_version(value: int) -> int | None:
     return value or None
 
 
+# How long a watch waits for changes before looking again (HTTP/2 keepalive covers idle streams).
+WATCH_POLL_SECONDS = 30.0
+
 # Codes that mean the server failed (OpenTelemetry's gRPC conventions); the others are the client's.
 _SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"))
 
@@ -41,6 +44,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     def __init__(self, service: OrderService, *, tracer: Tracer = NO_TRACER, metrics: CallMetrics = NO_METRICS) -> None:
         self._service = service
         self._calls = CallEnvelope(metrics, tracer)
+        self._changes = ChangeMessages()
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any], work: Work[Reply]) -> Reply:
         """Request id in and out, one access line and metric per call, every failure as a status."""
@@ -145,3 +149,23 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             return orders_pb2.DeleteOrderResponse()
 
         return await self._call("DeleteOrder", context, work)
+
+    async def WatchOrders(
+        self, request: orders_pb2.WatchOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Server streaming by `context.write`; the call (and its access line) ends with the stream."""
+
+        async def work(ctx: RequestContext, metadata: dict[str, str]) -> None:
+            subscription = await self._service.watch(list(request.order_ids), request.after or None, ctx=ctx)
+            try:
+                while True:
+                    try:
+                        batch = await subscription.changes(WATCH_POLL_SECONDS)
+                    except StopAsyncIteration:  # shutting down: end with OK
+                        return
+                    for entry in batch:
+                        await context.write(self._changes.message(entry))
+            finally:
+                subscription.close()
+
+        await self._call("WatchOrders", context, work)

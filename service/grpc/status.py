@@ -10,12 +10,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.domain import (
+    ChangesUnavailable,
+    CursorExpired,
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
     StoreUnavailable,
     ValidationFailed,
     VersionMismatch,
+    WatcherTooSlow,
 )
 from service.grpc.convert import FIELD_NAMES
 
@@ -26,6 +29,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (IdempotencyKeyReused, grpc.StatusCode.FAILED_PRECONDITION),
     (VersionMismatch, grpc.StatusCode.ABORTED),
+    (CursorExpired, grpc.StatusCode.OUT_OF_RANGE),
+    (WatcherTooSlow, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -44,6 +49,9 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, StoreUnavailable):
         log.warning("database unavailable: %s", exc)
         return _plain(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
+    if isinstance(exc, ChangesUnavailable):
+        log.warning("change feed unavailable: %s", exc)
+        return _plain(grpc.StatusCode.UNAVAILABLE, "the change feed is unavailable; retry later")
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return _plain(code, str(exc))

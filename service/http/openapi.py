@@ -173,6 +173,53 @@ def build_openapi() -> dict[str, Any]:
                 },
             },
         },
+        "/orders/changes": {
+            "get": {
+                "operationId": "watchOrderChanges",
+                "summary": "Follow order changes live (Server-Sent Events), resumable",
+                "description": "A text/event-stream that does not end on its own: each change is an event "
+                "with `id: <cursor>`, `event: order.created|order.updated|order.deleted` and `data: <order JSON>` "
+                "(for a delete, the order's last state). A comment line comes at least every 15 s. Resume with "
+                "the standard Last-Event-ID header (or `after`): every later change once, in order. A watcher "
+                "that falls too far behind gets a last `event: error` (problem JSON) and the stream ends; at "
+                "shutdown the stream ends after its last event.",
+                "parameters": [
+                    {
+                        "name": "order_id",
+                        "in": "query",
+                        "required": False,
+                        "style": "form",
+                        "explode": True,
+                        "schema": {"type": "array", "maxItems": 100, "items": {"type": "string", "format": "uuid"}},
+                        "description": "Only these orders (repeatable; absent: every order the caller may see); "
+                        "400 for a malformed id, or an unknown one when not resuming",
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                        "description": "Cursor (an event's id) to resume after; Last-Event-ID wins when both are sent",
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                    },
+                    _REQUEST_ID_PARAM,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": _problem("Malformed cursor or order id, an unknown order id, more than 100 ids"),
+                    "410": _problem("The cursor is older than the oldest change still held: changes are gone"),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
         "/orders/{id}": {
             "parameters": [_ID_PARAM],
             "get": {

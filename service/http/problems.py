@@ -8,6 +8,8 @@ import re
 import msgspec
 
 from service.domain import (
+    ChangesUnavailable,
+    CursorExpired,
     DomainError,
     FieldViolation,
     IdempotencyKeyReused,
@@ -16,6 +18,7 @@ from service.domain import (
     StoreUnavailable,
     ValidationFailed,
     VersionMismatch,
+    WatcherTooSlow,
 )
 from service.http.schemas import FieldError, Problem
 
@@ -86,6 +89,8 @@ _DOMAIN_STATUS: list[tuple[type[BaseException], int, str, str]] = [
     (InvalidTransition, 409, "invalid-transition", "Status change not allowed"),
     (VersionMismatch, 412, "precondition-failed", "Version does not match"),
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
+    (CursorExpired, 410, "cursor-expired", "Cursor expired"),
+    (WatcherTooSlow, 429, "watcher-too-slow", "Watcher too slow"),
 ]
 
 
@@ -107,6 +112,11 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
             request_id,
             None,
         )
+        return 503, [("retry-after", "1")], body
+    if isinstance(exc, ChangesUnavailable):
+        log.warning("change feed unavailable: %s", exc)
+        detail = "the change feed is unavailable; retry later"
+        body = _body(503, "unavailable", "Service unavailable", detail, request_id, None)
         return 503, [("retry-after", "1")], body
     for kind, status, slug, title in _DOMAIN_STATUS:
         if isinstance(exc, kind):

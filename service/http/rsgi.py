@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Protocol
 
-from service.http.api import HttpRequest, RestApi
+from service.http.api import HttpRequest, HttpResponse, RestApi, StreamingResponse
 from service.http.body import BODY_METHODS, UNDECODABLE, read_body
 
 log = logging.getLogger(__name__)
@@ -62,4 +63,30 @@ class RsgiApp:
         if scope.method in BODY_METHODS:
             body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes, proto)
         response = await api.handle(HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large))
-        proto.response_bytes(response.status, response.headers, response.body)
+        if type(response) is HttpResponse:
+            proto.response_bytes(response.status, response.headers, response.body)
+        else:
+            assert isinstance(response, StreamingResponse)
+            await stream(proto, response)
+
+
+async def stream(proto: Any, response: StreamingResponse) -> None:
+    """Send the chunks as they come, until they end or the client goes away."""
+    chunks = response.chunks
+    assert chunks is not None
+    transport = proto.response_stream(response.status, response.headers)
+
+    async def pump() -> None:
+        async for chunk in chunks:
+            await transport.send_bytes(chunk)
+
+    sending = asyncio.ensure_future(pump())
+    gone = asyncio.ensure_future(proto.client_disconnect())
+    try:
+        await asyncio.wait((sending, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sending  # the client may be gone: nothing is left to tell it
+        await chunks.aclose()

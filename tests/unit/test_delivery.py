@@ -43,6 +43,8 @@ INTENTIONALLY_DEFAULTED = {
     "COALESCE_MAX_IN_FLIGHT": "a tuning knob for measurements; its default is what deployments want",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing is opt-in, and the image does not ship the `tracing` extra",
     "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
+    "WATCH_BUFFER": "a tuning knob of watchers; its default is what deployments want",
+    "WATCH_HEARTBEAT": "SSE keep-alive interval; its default (15 s) suits common proxies",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the

@@ -42,7 +42,23 @@ def test_enum_and_service_shape() -> None:
     }
     service = orders_pb2.DESCRIPTOR.services_by_name["OrderService"]
     assert service.full_name == "orders.OrderService"
-    assert [m.name for m in service.methods] == ["CreateOrder", "GetOrder", "ListOrders", "UpdateOrder", "DeleteOrder"]
+    assert [m.name for m in service.methods] == [
+        "CreateOrder",
+        "GetOrder",
+        "ListOrders",
+        "UpdateOrder",
+        "DeleteOrder",
+        "WatchOrders",
+    ]
+    watch = service.methods_by_name["WatchOrders"]
+    assert watch.server_streaming and not watch.client_streaming
+    assert [(f.name, f.number) for f in orders_pb2.OrderChange.DESCRIPTOR.fields] == [
+        ("event", 1),
+        ("order", 2),
+        ("event_id", 3),
+        ("occurred_at", 4),
+        ("cursor", 5),
+    ]
     assert (
         orders_pb2.Order.DESCRIPTOR.fields_by_name["quantity"].type
         == orders_pb2.Order.DESCRIPTOR.fields_by_name["version"].type

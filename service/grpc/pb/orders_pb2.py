@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0corders.proto\x12\x06orders\"\x94\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.orders.OrderStatus\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nupdated_at\x18\x07 \x01(\t\"7\n\x12\x43reateOrderRequest\x12\x0f\n\x07product\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"3\n\x13\x43reateOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x10GetOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\"_\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.orders.OrderStatus\"L\n\x12ListOrdersResponse\x12\x1d\n\x06orders\x18\x01 \x03(\x0b\x32\r.orders.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x12UpdateOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.orders.OrderStatus\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x03\"3\n\x13UpdateOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\":\n\x12\x44\x65leteOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\"\x15\n\x13\x44\x65leteOrderResponse*}\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x32\xea\x02\n\x0cOrderService\x12\x46\n\x0b\x43reateOrder\x12\x1a.orders.CreateOrderRequest\x1a\x1b.orders.CreateOrderResponse\x12=\n\x08GetOrder\x12\x17.orders.GetOrderRequest\x1a\x18.orders.GetOrderResponse\x12\x43\n\nListOrders\x12\x19.orders.ListOrdersRequest\x1a\x1a.orders.ListOrdersResponse\x12\x46\n\x0bUpdateOrder\x12\x1a.orders.UpdateOrderRequest\x1a\x1b.orders.UpdateOrderResponse\x12\x46\n\x0b\x44\x65leteOrder\x12\x1a.orders.DeleteOrderRequest\x1a\x1b.orders.DeleteOrderResponseB/Z-github.com/orders-service/orders/proto;ordersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0corders.proto\x12\x06orders\"\x94\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.orders.OrderStatus\x12\x12\n\ncreated_at\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\nupdated_at\x18\x07 \x01(\t\"7\n\x12\x43reateOrderRequest\x12\x0f\n\x07product\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"3\n\x13\x43reateOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\"\x1d\n\x0fGetOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x10GetOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\"_\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.orders.OrderStatus\"L\n\x12ListOrdersResponse\x12\x1d\n\x06orders\x18\x01 \x03(\x0b\x32\r.orders.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x12UpdateOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.orders.OrderStatus\x12\x18\n\x10\x65xpected_version\x18\x05 \x01(\x03\"3\n\x13UpdateOrderResponse\x12\x1c\n\x05order\x18\x01 \x01(\x0b\x32\r.orders.Order\":\n\x12\x44\x65leteOrderRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\"\x15\n\x13\x44\x65leteOrderResponse\"6\n\x12WatchOrdersRequest\x12\x11\n\torder_ids\x18\x01 \x03(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"q\n\x0bOrderChange\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x1c\n\x05order\x18\x02 \x01(\x0b\x32\r.orders.Order\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x13\n\x0boccurred_at\x18\x04 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t*}\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x32\xac\x03\n\x0cOrderService\x12\x46\n\x0b\x43reateOrder\x12\x1a.orders.CreateOrderRequest\x1a\x1b.orders.CreateOrderResponse\x12=\n\x08GetOrder\x12\x17.orders.GetOrderRequest\x1a\x18.orders.GetOrderResponse\x12\x43\n\nListOrders\x12\x19.orders.ListOrdersRequest\x1a\x1a.orders.ListOrdersResponse\x12\x46\n\x0bUpdateOrder\x12\x1a.orders.UpdateOrderRequest\x1a\x1b.orders.UpdateOrderResponse\x12\x46\n\x0b\x44\x65leteOrder\x12\x1a.orders.DeleteOrderRequest\x1a\x1b.orders.DeleteOrderResponse\x12@\n\x0bWatchOrders\x12\x1a.orders.WatchOrdersRequest\x1a\x13.orders.OrderChange0\x01\x42/Z-github.com/orders-service/orders/proto;ordersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orders_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z-github.com/orders-service/orders/proto;orders'
-  _globals['_ORDERSTATUS']._serialized_start=810
-  _globals['_ORDERSTATUS']._serialized_end=935
+  _globals['_ORDERSTATUS']._serialized_start=981
+  _globals['_ORDERSTATUS']._serialized_end=1106
   _globals['_ORDER']._serialized_start=25
   _globals['_ORDER']._serialized_end=173
   _globals['_CREATEORDERREQUEST']._serialized_start=175
@@ -56,6 +56,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEORDERREQUEST']._serialized_end=785
   _globals['_DELETEORDERRESPONSE']._serialized_start=787
   _globals['_DELETEORDERRESPONSE']._serialized_end=808
-  _globals['_ORDERSERVICE']._serialized_start=938
-  _globals['_ORDERSERVICE']._serialized_end=1300
+  _globals['_WATCHORDERSREQUEST']._serialized_start=810
+  _globals['_WATCHORDERSREQUEST']._serialized_end=864
+  _globals['_ORDERCHANGE']._serialized_start=866
+  _globals['_ORDERCHANGE']._serialized_end=979
+  _globals['_ORDERSERVICE']._serialized_start=1109
+  _globals['_ORDERSERVICE']._serialized_end=1537
 # @@protoc_insertion_point(module_scope)

@@ -111,3 +111,25 @@ class DeleteOrderRequest(_message.Message):
 class DeleteOrderResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchOrdersRequest(_message.Message):
+    __slots__ = ("order_ids", "after")
+    ORDER_IDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    order_ids: _containers.RepeatedScalarFieldContainer[str]
+    after: str
+    def __init__(self, order_ids: _Optional[_Iterable[str]] = ..., after: _Optional[str] = ...) -> None: ...
+
+class OrderChange(_message.Message):
+    __slots__ = ("event", "order", "event_id", "occurred_at", "cursor")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    order: Order
+    event_id: str
+    occurred_at: str
+    cursor: str
+    def __init__(self, event: _Optional[str] = ..., order: _Optional[_Union[Order, _Mapping]] = ..., event_id: _Optional[str] = ..., occurred_at: _Optional[str] = ..., cursor: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,11 @@ class OrderServiceStub:
                 request_serializer=orders__pb2.DeleteOrderRequest.SerializeToString,
                 response_deserializer=orders__pb2.DeleteOrderResponse.FromString,
                 _registered_method=True)
+        self.WatchOrders = channel.unary_stream(
+                '/orders.OrderService/WatchOrders',
+                request_serializer=orders__pb2.WatchOrdersRequest.SerializeToString,
+                response_deserializer=orders__pb2.OrderChange.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -94,6 +99,19 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrders(self, request, context):
+        """Every later change of the orders the caller may see, as it happens; resumable with `after`.
+        INVALID_ARGUMENT: malformed cursor or order id, an unknown id (when not resuming), more than
+        100 ids. OUT_OF_RANGE: `after` is older than the stream still holds (some changes are gone:
+        read the orders afresh, then watch from now). RESOURCE_EXHAUSTED: the watcher fell too far
+        behind and was closed (resume with the last cursor). UNAVAILABLE: the event stream cannot be
+        reached. The stream ends with OK when the server shuts down (resume elsewhere with the last
+        cursor). A Redis outage pauses the stream; it continues where it was, nothing skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +139,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.DeleteOrder,
                     request_deserializer=orders__pb2.DeleteOrderRequest.FromString,
                     response_serializer=orders__pb2.DeleteOrderResponse.SerializeToString,
+            ),
+            'WatchOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrders,
+                    request_deserializer=orders__pb2.WatchOrdersRequest.FromString,
+                    response_serializer=orders__pb2.OrderChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +281,33 @@ class OrderService:
             '/orders.OrderService/DeleteOrder',
             orders__pb2.DeleteOrderRequest.SerializeToString,
             orders__pb2.DeleteOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orders.OrderService/WatchOrders',
+            orders__pb2.WatchOrdersRequest.SerializeToString,
+            orders__pb2.OrderChange.FromString,
             options,
             channel_credentials,
             insecure,
