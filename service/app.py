@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
 import redis.asyncio as aioredis
 
+from service.auth.keys import KeyRing, file_loader, load_keys, url_loader
+from service.auth.verifier import JwtAuthenticator
 from service.clock import SystemClock, UuidV7Source
 from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from service.cursor import CursorCodec
@@ -26,6 +29,8 @@ from service.store.postgres import PostgresOrderStore, PostgresOutbox, TracedPos
 
 if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
+
+log = logging.getLogger(__name__)
 
 
 def tracer_for(settings: Settings, role: str) -> Tracer:
@@ -68,6 +73,44 @@ class Resources:
             socket_connect_timeout=2.0,
             health_check_interval=30,
         )
+        self._authenticator: JwtAuthenticator | None = None
+        self._key_ring: KeyRing | None = None
+
+    def authenticator(self) -> JwtAuthenticator | None:
+        """This process's token verifier (AUTH_MODE=jwt), its keys loaded now; None: no authentication.
+
+        A JWKS that cannot be loaded here (it was at start) leaves the keys empty until
+        `refresh_keys` loads them: meanwhile every token is refused as invalid.
+        """
+        settings = self.settings
+        if settings.auth_mode != "jwt":
+            return None
+        if self._authenticator is None:
+            assert settings.auth_issuer and settings.auth_audience  # config.py checked them
+            load = (
+                file_loader(settings.auth_jwks_file)
+                if settings.auth_jwks_file
+                else url_loader(settings.auth_jwks_url or "")
+            )
+            try:
+                keys = load_keys(load)
+            except Exception as exc:  # OSError, JwksError: refresh_keys retries
+                log.error("cannot load the JWKS; retrying in the background", extra={"error": str(exc)})
+                keys = {}
+            self._key_ring = KeyRing(load, settings.auth_jwks_refresh, keys=keys)
+            self._authenticator = JwtAuthenticator(
+                self._key_ring,
+                issuer=settings.auth_issuer,
+                audience=settings.auth_audience,
+                leeway=settings.auth_leeway,
+                owner_claim=settings.auth_owner_claim,
+            )
+        return self._authenticator
+
+    async def refresh_keys(self) -> None:
+        """Keep the JWKS fresh until cancelled (returns at once without authentication)."""
+        if self._key_ring is not None:
+            await self._key_ring.run()
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -153,6 +196,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         max_body_bytes=settings.max_body_bytes,
         metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,
+        authenticator=resources.authenticator(),
     )
 
 
@@ -163,6 +207,9 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
     from service.grpc.servicer import OrderServicer
 
     servicer = OrderServicer(
-        build_service(settings, resources.db, resources.tracer), tracer=resources.tracer, metrics=PrometheusMetrics()
+        build_service(settings, resources.db, resources.tracer),
+        tracer=resources.tracer,
+        metrics=PrometheusMetrics(),
+        authenticator=resources.authenticator(),
     )
     return GrpcServer(servicer, check=resources.db.ping)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -11,11 +12,15 @@ import msgspec
 
 from service.cursor import CursorCodec
 from service.domain import (
+    ANONYMOUS,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     MAX_PRODUCT_LENGTH,
     MAX_QUANTITY,
     MIN_QUANTITY,
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
     EventType,
     FieldViolation,
     IdempotencyClaim,
@@ -26,6 +31,8 @@ from service.domain import (
     OrderNotFound,
     OrderStatus,
     Page,
+    PermissionDenied,
+    Principal,
     ValidationFailed,
     VersionMismatch,
     can_transition,
@@ -41,13 +48,25 @@ class CreateResult(msgspec.Struct, frozen=True):
 
 
 class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a change came from, carried into its event."""
+    """Who is calling, and where a change came from (carried into its event)."""
 
+    principal: Principal = ANONYMOUS
     request_id: str | None = None
     traceparent: str | None = None
 
 
 NO_CONTEXT = RequestContext()
+
+
+def require(principal: Principal, scope: str) -> None:
+    """Refuse (403 / PERMISSION_DENIED) a caller without `scope`."""
+    if scope not in principal.scopes:
+        raise PermissionDenied(scope)
+
+
+def owner_filter(principal: Principal) -> str | None:
+    """The owner whose orders the caller sees; None for an admin, who sees every owner's."""
+    return None if SCOPE_ADMIN in principal.scopes else principal.owner
 
 
 def _check_version(current: Order, expected_version: int | None) -> None:
@@ -129,12 +148,14 @@ class OrderService:
         self._cursors = cursors
         self._idempotency_ttl = idempotency_ttl
 
-    def _event(self, kind: EventType, order: Order, ctx: RequestContext) -> OrderEvent:
+    def _event(self, kind: EventType, order: Order, owner: str, ctx: RequestContext) -> OrderEvent:
         return OrderEvent(
             id=self._ids.new_id(),
             type=kind,
             order=order,
             occurred_at=order.updated_at,
+            owner=owner,
+            actor=ctx.principal.actor,
             request_id=ctx.request_id,
             traceparent=ctx.traceparent,
         )
@@ -147,6 +168,8 @@ class OrderService:
         idempotency_key: str | None = None,
         ctx: RequestContext = NO_CONTEXT,
     ) -> CreateResult:
+        """Create an order owned by the caller (an admin too creates its own)."""
+        require(ctx.principal, SCOPE_WRITE)
         violations: list[FieldViolation] = []
         _validate_product(product, violations)
         _validate_quantity(quantity, violations)
@@ -170,7 +193,7 @@ class OrderService:
             created_at=now,
             updated_at=now,
         )
-        stored = await self._store.create(order, self._event(EventType.CREATED, order, ctx), claim)
+        stored = await self._store.create(order, self._event(EventType.CREATED, order, ctx.principal.owner, ctx), claim)
         if isinstance(stored, ExistingClaim):
             assert claim is not None
             if stored.fingerprint != claim.fingerprint:
@@ -178,13 +201,27 @@ class OrderService:
             return CreateResult(stored.order, replayed=True)
         return CreateResult(stored, replayed=False)
 
-    async def get(self, order_id: str) -> Order:
-        order = await self._store.get(_parsed_or_not_found(order_id))
-        if order is None:
+    async def _read(self, order_id: str, principal: Principal) -> tuple[Order, str]:
+        """The order and its owner; another owner's order is not found, exactly as if absent."""
+        found = await self._store.get(_parsed_or_not_found(order_id))
+        if found is None or (found[1] != principal.owner and SCOPE_ADMIN not in principal.scopes):
             raise OrderNotFound(order_id)
-        return order
+        return found
 
-    async def list(self, limit: int | None = None, cursor: str | None = None, status: str | None = None) -> Page:
+    async def get(self, order_id: str, *, ctx: RequestContext = NO_CONTEXT) -> Order:
+        require(ctx.principal, SCOPE_READ)
+        return (await self._read(order_id, ctx.principal))[0]
+
+    async def list(
+        self,
+        limit: int | None = None,
+        cursor: str | None = None,
+        status: str | None = None,
+        *,
+        ctx: RequestContext = NO_CONTEXT,
+    ) -> Page:
+        """The caller's orders (an admin's: every owner's), newest first."""
+        require(ctx.principal, SCOPE_READ)
         violations: list[FieldViolation] = []
         page_size = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -202,7 +239,7 @@ class OrderService:
                 violations.extend(exc.violations)
         if violations:
             raise ValidationFailed(violations)
-        rows = await self._store.list_page(page_size + 1, before_id, status_filter)
+        rows = await self._store.list_page(page_size + 1, before_id, status_filter, owner_filter(ctx.principal))
         if len(rows) > page_size:
             rows = rows[:page_size]
             return Page(orders=rows, next_cursor=self._cursors.encode(rows[-1].id))
@@ -219,6 +256,7 @@ class OrderService:
         ctx: RequestContext = NO_CONTEXT,
     ) -> Order:
         """Change product, quantity and/or status (None = unchanged) under the transition rules."""
+        require(ctx.principal, SCOPE_WRITE)
         violations: list[FieldViolation] = []
         if product is not None:
             _validate_product(product, violations)
@@ -233,33 +271,37 @@ class OrderService:
         if violations:
             raise ValidationFailed(violations)
 
-        def decide(current: Order) -> Change:
-            _check_version(current, expected_version)
-            new_status = current.status if target_status is None else target_status
-            if not can_transition(current.status, new_status):
-                raise InvalidTransition(current.status, new_status)
-            new_product = current.product if product is None else product
-            new_quantity = current.quantity if quantity is None else quantity
-            if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
-                return current, None
-            return self._next_version(current, ctx, product=new_product, quantity=new_quantity, status=new_status)
+        def decide_for(owner: str) -> Decide:
+            def decide(current: Order) -> Change:
+                _check_version(current, expected_version)
+                new_status = current.status if target_status is None else target_status
+                if not can_transition(current.status, new_status):
+                    raise InvalidTransition(current.status, new_status)
+                new_product = current.product if product is None else product
+                new_quantity = current.quantity if quantity is None else quantity
+                if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
+                    return current, None
+                return self._next_version(
+                    current, owner, ctx, product=new_product, quantity=new_quantity, status=new_status
+                )
 
-        order, _ = await self._apply_change(order_id, decide)
+            return decide
+
+        order, _ = await self._apply_change(order_id, ctx.principal, decide_for)
         return order
 
     async def delete(
         self, order_id: str, *, expected_version: int | None = None, ctx: RequestContext = NO_CONTEXT
     ) -> None:
+        require(ctx.principal, SCOPE_WRITE)
         parsed = _parsed_or_not_found(order_id)
+        current, owner = await self._read(order_id, ctx.principal)
 
         def decide(current: Order) -> OrderEvent:
             _check_version(current, expected_version)
             last_state = msgspec.structs.replace(current, updated_at=self._clock.now())
-            return self._event(EventType.DELETED, last_state, ctx)
+            return self._event(EventType.DELETED, last_state, owner, ctx)
 
-        current = await self._store.get(parsed)
-        if current is None:
-            raise OrderNotFound(order_id)
         if await self._store.delete_if_version(parsed, current.version, decide(current)):
             return
         # Lost a race with another writer: decide again under the row lock.
@@ -273,32 +315,38 @@ class OrderService:
         redelivered event is harmless.
         """
 
-        def decide(current: Order) -> Change:
-            if current.status is not OrderStatus.PENDING:
-                return current, None
-            return self._next_version(current, ctx, status=OrderStatus.CONFIRMED)
+        def decide_for(owner: str) -> Decide:
+            def decide(current: Order) -> Change:
+                if current.status is not OrderStatus.PENDING:
+                    return current, None
+                return self._next_version(current, owner, ctx, status=OrderStatus.CONFIRMED)
 
+            return decide
+
+        require(ctx.principal, SCOPE_WRITE)
         try:
-            _, changed = await self._apply_change(order_id, decide)
+            _, changed = await self._apply_change(order_id, ctx.principal, decide_for)
         except OrderNotFound:
             return False
         return changed
 
-    def _next_version(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
+    def _next_version(self, current: Order, owner: str, ctx: RequestContext, **fields: Any) -> Change:
         """The order with `fields` changed and its version bumped, and the event that says so."""
         changed = msgspec.structs.replace(current, version=current.version + 1, updated_at=self._clock.now(), **fields)
-        return changed, self._event(EventType.UPDATED, changed, ctx)
+        return changed, self._event(EventType.UPDATED, changed, owner, ctx)
 
-    async def _apply_change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:
+    async def _apply_change(
+        self, order_id: str, principal: Principal, decide_for: Callable[[str], Decide]
+    ) -> tuple[Order, bool]:
         """Apply `decide` to the order: optimistically first, under the row lock if that loses a race.
 
         Returns the resulting order and whether it changed. Concurrent writers therefore never
-        lose one another's updates, and every one of them makes progress.
+        lose one another's updates, and every one of them makes progress. An order's owner never
+        changes, so the rule made for the owner read first holds under the lock too.
         """
         parsed = _parsed_or_not_found(order_id)
-        current = await self._store.get(parsed)
-        if current is None:
-            raise OrderNotFound(order_id)
+        current, owner = await self._read(order_id, principal)
+        decide = decide_for(owner)
         changed, event = decide(current)
         if event is None:
             return changed, False

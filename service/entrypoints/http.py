@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from service.app import Resources, build_rest_api
 from service.config import Settings, load_settings
@@ -23,12 +24,14 @@ class HttpWorker:
     def __init__(self) -> None:
         self.api: RestApi | None = None
         self._resources: Resources | None = None
+        self._key_refresh: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
         settings = load_settings()
         configure_logging(settings.log_level, role="http")
         self._resources = Resources(settings, role="http")
         self.api = build_rest_api(settings, self._resources)
+        self._key_refresh = loop.create_task(self._resources.refresh_keys(), name="jwks-refresh")
         publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
         return self.api
 
@@ -72,5 +75,10 @@ def serve_granian(settings: Settings, target: str, interface: str, factory: bool
         log_level=LogLevels(settings.log_level.lower()),
         log_dictconfig=json_logging,
         log_access=False,
+        # TLS only when configured (HTTP/2 by ALPN, and HTTP/1.1); a client CA requires client certificates.
+        ssl_cert=Path(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_key=Path(settings.tls_key_file) if settings.tls_key_file else None,
+        ssl_ca=Path(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
+        ssl_client_verify=settings.tls_client_ca_file is not None,
     )
     server.serve()

@@ -13,7 +13,9 @@ from service.domain import (
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
+    PermissionDenied,
     StoreUnavailable,
+    Unauthenticated,
     ValidationFailed,
     VersionMismatch,
 )
@@ -26,6 +28,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (IdempotencyKeyReused, grpc.StatusCode.FAILED_PRECONDITION),
     (VersionMismatch, grpc.StatusCode.ABORTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

@@ -18,7 +18,7 @@ from service.ports import OutboxBacklog, OutboxRecord
 from service.store.database import Database, is_unavailable
 
 _OUTBOX_CLAIM = """
-SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at
+SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at, owner, actor
 FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 
@@ -82,6 +82,8 @@ class PostgresRelaySession:
                 request_id=row[5],
                 traceparent=row[6],
                 occurred_at=row[7],
+                owner=row[8],
+                actor=row[9],
             )
             for row in rows
         ]

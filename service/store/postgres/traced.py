@@ -53,13 +53,15 @@ class TracedPostgresOrderStore(PostgresOrderStore):
             span.set_attribute("orders.idempotency_key", True)
             return await super().create(order, event, claim)
 
-    async def get(self, order_id: uuid.UUID) -> Order | None:
+    async def get(self, order_id: uuid.UUID) -> tuple[Order, str] | None:
         with self._span(_SPAN_SELECT) as span:
             return await self._reads.submit(order_id, span)
 
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
+    async def list_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
+    ) -> list[Order]:
         with self._span(_SPAN_SELECT):
-            return await super().list_page(limit, before_id, status)
+            return await super().list_page(limit, before_id, status, owner)
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         with self._span(_SPAN_UPDATE) as span:
