@@ -13,6 +13,9 @@ from service.domain import (
     MAX_PRODUCT_LENGTH,
     MAX_QUANTITY,
     MIN_QUANTITY,
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
     Order,
 )
 from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
@@ -93,6 +96,33 @@ def _with_constraints(schemas: dict[str, Any]) -> None:
         props["product"] = {**props["product"], **product}
         props["quantity"] = quantity
     schemas["Order"]["properties"]["version"]["minimum"] = 1
+
+
+# The scope each operation needs with AUTH_MODE=jwt (RFC 6750 bearer JWTs); absent: open.
+OPERATION_SCOPES = {
+    "createOrder": SCOPE_WRITE,
+    "listOrders": SCOPE_READ,
+    "getOrder": SCOPE_READ,
+    "updateOrder": SCOPE_WRITE,
+    "deleteOrder": SCOPE_WRITE,
+    "dbMetrics": SCOPE_ADMIN,
+}
+_CHALLENGE = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge", "schema": {"type": "string"}}}
+
+
+def _secure(paths: dict[str, Any]) -> None:
+    """Each operation's security requirement (its scope, or none when open) and its 401/403."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue  # path-level parameters
+            scope = OPERATION_SCOPES.get(operation["operationId"])
+            if scope is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearerAuth": [scope]}]
+            operation["responses"]["401"] = _problem("No bearer token, or an invalid one", _CHALLENGE)
+            operation["responses"]["403"] = _problem(f"The token lacks the scope {scope}", _CHALLENGE)
 
 
 def build_openapi() -> dict[str, Any]:
@@ -248,6 +278,7 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     }
+    _secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -256,7 +287,21 @@ def build_openapi() -> dict[str, Any]:
             "description": "Order management: REST API (this document) and gRPC (proto/orders.proto).",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "With AUTH_MODE=jwt: a JWT of the configured issuer, with scopes orders:read, "
+                        "orders:write and orders:admin (every owner's orders, /metrics*). "
+                        "Another owner's order answers 404, as if absent."
+                    ),
+                }
+            },
+        },
     }
 
 

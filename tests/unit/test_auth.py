@@ -250,3 +250,31 @@ async def test_events_carry_owner_and_actor_and_the_consumer_confirms_as_system(
     order = (await service.create("book", 1, ctx=ALICE)).order
     assert await service.confirm(str(order.id), ctx=RequestContext(principal=SYSTEM))
     assert [(e.owner, e.actor) for e in store.outbox] == [("alice", "alice-sub"), ("alice", SYSTEM.actor)]
+
+
+def test_openapi_declares_the_bearer_scheme_and_each_operations_scope() -> None:
+    from service.http.openapi import build_openapi
+
+    document = build_openapi()
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
+    paths = document["paths"]
+    expected = {
+        ("/orders", "post"): [{"bearerAuth": ["orders:write"]}],
+        ("/orders", "get"): [{"bearerAuth": ["orders:read"]}],
+        ("/orders/{id}", "get"): [{"bearerAuth": ["orders:read"]}],
+        ("/orders/{id}", "put"): [{"bearerAuth": ["orders:write"]}],
+        ("/orders/{id}", "delete"): [{"bearerAuth": ["orders:write"]}],
+        ("/metrics/db", "get"): [{"bearerAuth": ["orders:admin"]}],
+        ("/health", "get"): [],
+        ("/ready", "get"): [],
+        ("/openapi.json", "get"): [],
+    }
+    for (path, method), security in expected.items():
+        operation = paths[path][method]
+        assert operation["security"] == security, (path, method)
+        assert ("401" in operation["responses"]) == bool(security)
