@@ -192,7 +192,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
             "/metrics/db": pool_figures,
             "/metrics/events": events_metrics.json,
         },
-        openapi_document=openapi_bytes(),
+        openapi_document=openapi_bytes(secured=settings.auth_mode == "jwt"),
         max_body_bytes=settings.max_body_bytes,
         metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,

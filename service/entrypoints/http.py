@@ -36,6 +36,9 @@ class HttpWorker:
         return self.api
 
     def close(self) -> None:
+        if self._key_refresh is not None:
+            self._key_refresh.cancel()
+            self._key_refresh = None
         if self._resources is not None:
             self._resources.close_sync()
             self._resources = None

@@ -103,6 +103,9 @@ def test_health_ready_openapi_grpc_health_and_reflection_need_no_token(
 ) -> None:
     for path in ("/health", "/ready", "/openapi.json"):
         assert rest.get(path).status_code == 200, path
+    document = rest.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert document["paths"]["/orders/{id}"]["get"]["security"] == [{"bearerAuth": ["orders:read"]}]
     with grpc.insecure_channel(jwt_service[0].grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
         wait_until(

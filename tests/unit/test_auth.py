@@ -278,3 +278,7 @@ def test_openapi_declares_the_bearer_scheme_and_each_operations_scope() -> None:
         operation = paths[path][method]
         assert operation["security"] == security, (path, method)
         assert ("401" in operation["responses"]) == bool(security)
+    # AUTH_MODE=none: nothing needs credentials, and the document does not claim otherwise
+    open_document = build_openapi(secured=False)
+    assert "securitySchemes" not in open_document["components"]
+    assert all("security" not in op for item in open_document["paths"].values() for op in item.values())
