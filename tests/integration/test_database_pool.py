@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psqlpy
 import pytest
@@ -12,7 +13,10 @@ import trustme
 from benchmarks.database import admin_sql
 from service.domain import StoreUnavailable
 from service.store.database import Database
-from tests.conftest import IsolatedSchema, TestServices
+from tests.conftest import IsolatedSchema
+
+if TYPE_CHECKING:
+    from tests.conftest import TestServices
 
 pytestmark = pytest.mark.integration
 
