@@ -282,3 +282,25 @@ def test_openapi_declares_the_bearer_scheme_and_each_operations_scope() -> None:
     open_document = build_openapi(secured=False)
     assert "securitySchemes" not in open_document["components"]
     assert all("security" not in op for item in open_document["paths"].values() for op in item.values())
+
+
+def test_dev_keys_and_dev_token_make_a_token_the_service_accepts(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.auth.keys import file_loader, load_keys
+    from service.cli import main
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert main(["dev-keys"]) == 0
+    jwks_file = tmp_path / "auth" / "jwks.json"
+    assert (tmp_path / "auth" / "signing-key.pem").stat().st_mode & 0o077 == 0  # private
+    assert main(["dev-token", "--sub", "alice", "--scope", "orders:read orders:write"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    keys = load_keys(file_loader(str(jwks_file)))
+    auth = JwtAuthenticator(
+        KeyRing(file_loader(str(jwks_file)), 300, keys=keys), issuer="orders-service-dev", audience="orders-service"
+    )
+    assert auth.authenticate(f"Bearer {token}") == Principal(
+        owner="alice", actor="alice", scopes=frozenset({"orders:read", "orders:write"})
+    )
+    assert main(["dev-keys"]) == 0 and load_keys(file_loader(str(jwks_file))).keys() == keys.keys()  # kept
