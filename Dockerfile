@@ -109,7 +109,8 @@ RUN apt-get update \
        fi \
     && groupadd --system --gid 10001 orders \
     && useradd --system --uid 10001 --gid orders --home-dir /home/orders --create-home \
-         --shell /usr/sbin/nologin orders
+         --shell /usr/sbin/nologin orders \
+    && install -d -o orders -g orders -m 0750 /keys
 
 COPY --from=venv /opt/venv /opt/venv
 
@@ -118,6 +119,10 @@ COPY --from=venv /opt/venv /opt/venv
 # exposes it by itself (a `docker run -p 6060:6060` or a pod IP would otherwise publish it).
 # compose.yaml opts in with ADMIN_BIND=0.0.0.0 because it publishes 6060 on the host's
 # 127.0.0.1 only; in Kubernetes use `kubectl port-forward`, which reaches the pod's loopback.
+# /keys: where compose's one-shot `keys` service (`orders-service dev-keys`) writes the local dev
+# JWKS; a fresh named volume mounted there takes this directory's owner, the non-root user.
+# AUTH_MODE=jwt: the image refuses to start until the deployment names its token issuer
+# (AUTH_ISSUER, AUTH_AUDIENCE, AUTH_JWKS_URL or AUTH_JWKS_FILE); no key or secret is defaulted.
 # MIGRATE_ON_START=false: migrations are a deployment step (`orders-service migrate`: the
 # compose `migrate` service, the Kubernetes Job), not something every replica races to do.
 ENV PATH=/opt/venv/bin:${PATH} \
@@ -129,7 +134,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     GRPC_PORT=9090 \
     PPROF_PORT=6060 \
     MIGRATE_ON_START=false \
-    DATA_DIR=/tmp/orders-data
+    DATA_DIR=/tmp/orders-data \
+    AUTH_MODE=jwt
 
 WORKDIR /home/orders
 USER 10001:10001

@@ -20,6 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/orders-service serve
 
+## Serve with bearer-token authentication (AUTH_MODE=jwt), keys from `orders-service dev-keys`.
+run-auth: $(STAMP)
+	$(BIN)/orders-service dev-keys
+	AUTH_MODE=jwt AUTH_ISSUER=orders-service-dev AUTH_AUDIENCE=orders-service \
+	AUTH_JWKS_FILE=$${DATA_DIR:-.data}/auth/jwks.json $(BIN)/orders-service serve
+
 ## The whole test suite (unit, integration, e2e, benchmarks as tests).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
 import redis.asyncio as aioredis
 
+from service.auth.keys import KeyRing, file_loader, load_keys, url_loader
+from service.auth.verifier import JwtAuthenticator
 from service.clock import SystemClock, UuidV7Source
 from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from service.cursor import CursorCodec
@@ -27,6 +30,8 @@ from service.store.postgres import PostgresOrderStore, PostgresOutbox, TracedPos
 
 if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
+
+log = logging.getLogger(__name__)
 
 
 def tracer_for(settings: Settings, role: str) -> Tracer:
@@ -71,6 +76,44 @@ class Resources:
         )
         # Watchers' change feed: its reader starts with the first watcher.
         self.changes = RedisChangeFeed(self.redis, settings.events_stream, buffer=settings.watch_buffer)
+        self._authenticator: JwtAuthenticator | None = None
+        self._key_ring: KeyRing | None = None
+
+    def authenticator(self) -> JwtAuthenticator | None:
+        """This process's token verifier (AUTH_MODE=jwt), its keys loaded now; None: no authentication.
+
+        A JWKS that cannot be loaded here (it was at start) leaves the keys empty until
+        `refresh_keys` loads them: meanwhile every token is refused as invalid.
+        """
+        settings = self.settings
+        if settings.auth_mode != "jwt":
+            return None
+        if self._authenticator is None:
+            assert settings.auth_issuer and settings.auth_audience  # config.py checked them
+            load = (
+                file_loader(settings.auth_jwks_file)
+                if settings.auth_jwks_file
+                else url_loader(settings.auth_jwks_url or "")
+            )
+            try:
+                keys = load_keys(load)
+            except Exception as exc:  # OSError, JwksError: refresh_keys retries
+                log.error("cannot load the JWKS; retrying in the background", extra={"error": str(exc)})
+                keys = {}
+            self._key_ring = KeyRing(load, settings.auth_jwks_refresh, keys=keys)
+            self._authenticator = JwtAuthenticator(
+                self._key_ring,
+                issuer=settings.auth_issuer,
+                audience=settings.auth_audience,
+                leeway=settings.auth_leeway,
+                owner_claim=settings.auth_owner_claim,
+            )
+        return self._authenticator
+
+    async def refresh_keys(self) -> None:
+        """Keep the JWKS fresh until cancelled (returns at once without authentication)."""
+        if self._key_ring is not None:
+            await self._key_ring.run()
 
     async def aclose(self) -> None:
         self.changes.close()
@@ -170,11 +213,12 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
             "/metrics/db": pool_figures,
             "/metrics/events": events_metrics.json,
         },
-        openapi_document=openapi_bytes(),
+        openapi_document=openapi_bytes(secured=settings.auth_mode == "jwt"),
         max_body_bytes=settings.max_body_bytes,
         metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,
         heartbeat_seconds=settings.watch_heartbeat,
+        authenticator=resources.authenticator(),
     )
 
 
@@ -188,5 +232,6 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
         build_service(settings, resources.db, resources.tracer, resources.changes),
         tracer=resources.tracer,
         metrics=PrometheusMetrics(),
+        authenticator=resources.authenticator(),
     )
     return GrpcServer(servicer, check=resources.db.ping)

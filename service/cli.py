@@ -11,7 +11,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.config import DEFAULT_DATABASE_URL, ROLES, ConfigError, Settings, load_settings, redact_url
+from service.config import (
+    DEFAULT_DATABASE_URL,
+    ROLES,
+    ConfigError,
+    Settings,
+    check_files,
+    load_settings,
+    redact_url,
+)
 
 log = logging.getLogger("orders.cli")
 
@@ -22,6 +30,30 @@ def _settings_or_exit(**overrides: object) -> Settings:
     except ConfigError as exc:
         print(f"orders-service: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_start(settings: Settings) -> None:
+    """What `serve` checks once before starting roles: readable files, a usable JWKS; and a warning
+    when anyone who reaches the ports may do anything."""
+    try:
+        check_files(settings)
+        if settings.auth_mode == "jwt":
+            from service.auth.keys import JwksError, file_loader, load_keys, url_loader
+
+            variable = "AUTH_JWKS_FILE" if settings.auth_jwks_file else "AUTH_JWKS_URL"
+            source = settings.auth_jwks_file or settings.auth_jwks_url or ""
+            try:
+                load_keys(file_loader(source) if settings.auth_jwks_file else url_loader(source))
+            except (OSError, JwksError) as exc:
+                raise ConfigError(f"{variable}={source!r}: no usable JWKS ({exc})") from None
+    except ConfigError as exc:
+        print(f"orders-service: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if settings.auth_mode == "none" and settings.bind not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "AUTH_MODE=none while listening beyond loopback: every caller may read and change every order",
+            extra={"bind": settings.bind},
+        )
 
 
 def _resolve_dependencies(settings: Settings) -> tuple[Settings, object | None]:
@@ -72,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     settings = _settings_or_exit(**overrides)
     configure_logging(settings.log_level, role="supervisor")
+    _check_start(settings)
     settings, services = _resolve_dependencies(settings)
     log.info(
         "starting",
@@ -167,6 +200,43 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_dev_keys(args: argparse.Namespace) -> int:
+    from service.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, write_dev_keys
+
+    settings = _settings_or_exit()
+    key_path, jwks_path, made = write_dev_keys(settings.data_dir, replace=args.replace)
+    print(f"{'wrote' if made else 'kept'} {key_path} (private; keep it out of images and repositories)")
+    print(f"{'wrote' if made else 'kept'} {jwks_path}")
+    print("serve with:")
+    print(
+        f"  AUTH_MODE=jwt AUTH_ISSUER={DEV_ISSUER} AUTH_AUDIENCE={DEV_AUDIENCE} "
+        f"AUTH_JWKS_FILE={jwks_path.resolve()} orders-service serve"
+    )
+    return 0
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from service.auth.devkeys import dev_token
+
+    settings = _settings_or_exit()
+    try:
+        token = dev_token(
+            settings.data_dir,
+            subject=args.sub,
+            scope=args.scope,
+            ttl_seconds=args.ttl,
+            issuer=args.issuer or settings.auth_issuer or "orders-service-dev",
+            audience=args.audience or settings.auth_audience or "orders-service",
+        )
+    except FileNotFoundError:
+        print(
+            "orders-service dev-token: no dev key under DATA_DIR: run `orders-service dev-keys` first", file=sys.stderr
+        )
+        return 2
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orders-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     role = commands.add_parser("role", help="internal: run one role process (started by serve)")
     role.add_argument("role", choices=list(ROLES))
     role.set_defaults(func=cmd_role)
+    dev_keys = commands.add_parser("dev-keys", help="write a local signing key and its JWKS under DATA_DIR")
+    dev_keys.add_argument("--replace", action="store_true", help="make a new key even if one exists")
+    dev_keys.set_defaults(func=cmd_dev_keys)
+    dev_token = commands.add_parser("dev-token", help="print a bearer token signed by the dev-keys key")
+    dev_token.add_argument("--sub", required=True, help="the subject (and, by default, the owner)")
+    dev_token.add_argument("--scope", default="orders:read orders:write", help="space-separated scopes")
+    dev_token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    dev_token.add_argument("--issuer", help="iss (default: AUTH_ISSUER, else orders-service-dev)")
+    dev_token.add_argument("--audience", help="aud (default: AUTH_AUDIENCE, else orders-service)")
+    dev_token.set_defaults(func=cmd_dev_token)
     loadtest = commands.add_parser("loadtest", help="drive load at a running service (see --help)", add_help=False)
     loadtest.add_argument("loadtest_args", nargs=argparse.REMAINDER)
     loadtest.set_defaults(func=cmd_loadtest)

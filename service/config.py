@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import overload
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +17,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ROLES = ("http", "grpc", "worker")
+AUTH_MODES = ("none", "jwt")
 
 
 class ConfigError(Exception):
@@ -64,6 +66,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # tracing (opt-in): OTLP/HTTP collector base URL; None: no OpenTelemetry at all
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str = "orders-service"
+    # who may do what: bearer JWTs verified against a JWKS (AUTH_MODE=jwt), or one anonymous owner
+    auth_mode: str = "none"
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_jwks_file: str | None = None
+    auth_jwks_url: str | None = None
+    auth_jwks_refresh: float = 300.0
+    auth_leeway: float = 30.0
+    auth_owner_claim: str = "sub"
+    # TLS of REST and gRPC (both or neither); a client CA makes both require client certificates
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
     # Not operator settings (see _INTERNAL_PARSERS): set by the supervisor, or developer switches.
     prometheus_multiproc_dir: str | None = None
     py_spy: str | None = None  # None: the py-spy beside the interpreter, else on PATH
@@ -173,6 +188,13 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _auth_mode(name: str, raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in AUTH_MODES:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
 def _port(name: str, raw: str) -> int:
     return _int(0, 65535)(name, raw)
 
@@ -219,6 +241,17 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "WATCH_HEARTBEAT": ("watch_heartbeat", _float(0.1, 3600.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
+    "AUTH_MODE": ("auth_mode", _auth_mode),
+    "AUTH_ISSUER": ("auth_issuer", _text),
+    "AUTH_AUDIENCE": ("auth_audience", _text),
+    "AUTH_JWKS_FILE": ("auth_jwks_file", _text),
+    "AUTH_JWKS_URL": ("auth_jwks_url", _url("https", "http")),
+    "AUTH_JWKS_REFRESH": ("auth_jwks_refresh", _float(1.0, 86_400.0)),
+    "AUTH_LEEWAY": ("auth_leeway", _float(0.0, 600.0)),
+    "AUTH_OWNER_CLAIM": ("auth_owner_claim", _text),
+    "TLS_CERT_FILE": ("tls_cert_file", _text),
+    "TLS_KEY_FILE": ("tls_key_file", _text),
+    "TLS_CLIENT_CA_FILE": ("tls_client_ca_file", _text),
 }
 
 # Read here too, so that no other module reads the environment, but neither documented nor
@@ -245,4 +278,67 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     if "http_workers" not in values:
         values["http_workers"] = os.cpu_count() or 1
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_auth(settings)
+    _check_tls(settings)
+    return settings
+
+
+def _readable(name: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={path!r} cannot be read ({exc.strerror or exc})") from None
+
+
+def check_files(settings: Settings) -> None:
+    """The files the settings name can be read, and the TLS ones hold PEM (at `serve`'s start)."""
+    for name, path in (
+        ("AUTH_JWKS_FILE", settings.auth_jwks_file),
+        ("TLS_CERT_FILE", settings.tls_cert_file),
+        ("TLS_KEY_FILE", settings.tls_key_file),
+        ("TLS_CLIENT_CA_FILE", settings.tls_client_ca_file),
+    ):
+        if path:
+            _readable(name, path)
+    _check_tls_files(settings)
+
+
+def _check_auth(settings: Settings) -> None:
+    if settings.auth_mode != "jwt":
+        return
+    if not settings.auth_issuer:
+        raise ConfigError("AUTH_ISSUER is required when AUTH_MODE=jwt")
+    if not settings.auth_audience:
+        raise ConfigError("AUTH_AUDIENCE is required when AUTH_MODE=jwt")
+    if bool(settings.auth_jwks_file) == bool(settings.auth_jwks_url):
+        raise ConfigError("AUTH_JWKS_FILE or AUTH_JWKS_URL (one of them) is required when AUTH_MODE=jwt")
+
+
+def _check_tls(settings: Settings) -> None:
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        missing = "TLS_KEY_FILE" if settings.tls_cert_file else "TLS_CERT_FILE"
+        raise ConfigError(f"{missing} is required with {'TLS_CERT_FILE' if settings.tls_cert_file else 'TLS_KEY_FILE'}")
+    if settings.tls_client_ca_file and not settings.tls_cert_file:
+        raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (client certificates need TLS)")
+
+
+def _check_tls_files(settings: Settings) -> None:
+    if settings.tls_cert_file and settings.tls_key_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"TLS_CERT_FILE={settings.tls_cert_file!r} and TLS_KEY_FILE are not a matching PEM certificate"
+                f" and key ({exc})"
+            ) from None
+    if settings.tls_client_ca_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_verify_locations(settings.tls_client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"TLS_CLIENT_CA_FILE={settings.tls_client_ca_file!r} is not a PEM CA bundle ({exc})"
+            ) from None

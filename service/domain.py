@@ -14,6 +14,13 @@ MAX_QUANTITY = 1_000_000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
+# Scopes of a caller (OAuth2-style): read its orders, change them, and see every owner's orders.
+SCOPE_READ = "orders:read"
+SCOPE_WRITE = "orders:write"
+SCOPE_ADMIN = "orders:admin"
+ALL_SCOPES = frozenset((SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN))
+ANONYMOUS_OWNER = "anonymous"  # the one owner of every order when AUTH_MODE=none
+
 
 class OrderStatus(enum.StrEnum):
     PENDING = "pending"
@@ -43,6 +50,20 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
 
 
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling: the owner its orders belong to, the subject recorded as actor, its scopes."""
+
+    owner: str
+    actor: str
+    scopes: frozenset[str]
+
+
+# AUTH_MODE=none: every caller is this one, with every scope.
+ANONYMOUS = Principal(owner=ANONYMOUS_OWNER, actor=ANONYMOUS_OWNER, scopes=ALL_SCOPES)
+# The event consumer's confirmations: any owner's order, recorded under this actor.
+SYSTEM = Principal(owner="system", actor="system:orders-consumer", scopes=ALL_SCOPES)
+
+
 class EventType(enum.StrEnum):
     CREATED = "order.created"
     UPDATED = "order.updated"
@@ -56,6 +77,8 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     type: EventType
     order: Order
     occurred_at: datetime
+    owner: str = ANONYMOUS_OWNER  # whose order it is
+    actor: str = ANONYMOUS_OWNER  # who made the change (the token's subject)
     request_id: str | None = None
     traceparent: str | None = None
 
@@ -119,6 +142,22 @@ class IdempotencyKeyReused(DomainError):
 
     def __init__(self) -> None:
         super().__init__("idempotency key was already used with a different request")
+
+
+class Unauthenticated(DomainError):
+    """No bearer token (`invalid_token` False), or one that is malformed, expired or not ours."""
+
+    def __init__(self, detail: str, *, invalid_token: bool) -> None:
+        super().__init__(detail)
+        self.invalid_token = invalid_token
+
+
+class PermissionDenied(DomainError):
+    """A valid token without the scope the operation needs."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this operation needs the scope {scope}")
+        self.scope = scope
 
 
 class StoreUnavailable(Exception):

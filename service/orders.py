@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -13,11 +13,15 @@ import msgspec
 
 from service.cursor import CursorCodec
 from service.domain import (
+    ANONYMOUS,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     MAX_PRODUCT_LENGTH,
     MAX_QUANTITY,
     MIN_QUANTITY,
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
     ChangesUnavailable,
     CursorExpired,
     EventType,
@@ -30,6 +34,8 @@ from service.domain import (
     OrderNotFound,
     OrderStatus,
     Page,
+    PermissionDenied,
+    Principal,
     ValidationFailed,
     VersionMismatch,
     can_transition,
@@ -64,13 +70,25 @@ class CreateResult(msgspec.Struct, frozen=True):
 
 
 class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a change came from, carried into its event."""
+    """Who is calling, and where a change came from (carried into its event)."""
 
+    principal: Principal = ANONYMOUS
     request_id: str | None = None
     traceparent: str | None = None
 
 
 NO_CONTEXT = RequestContext()
+
+
+def require(principal: Principal, scope: str) -> None:
+    """Refuse (403 / PERMISSION_DENIED) a caller without `scope`."""
+    if scope not in principal.scopes:
+        raise PermissionDenied(scope)
+
+
+def owner_filter(principal: Principal) -> str | None:
+    """The owner whose orders the caller sees; None for an admin, who sees every owner's."""
+    return None if SCOPE_ADMIN in principal.scopes else principal.owner
 
 
 def _check_version(current: Order, expected_version: int | None) -> None:
@@ -105,19 +123,22 @@ def parse_change_cursor(raw: str) -> tuple[int, int] | None:
     return position if max(position) <= _MAX_CURSOR_PART else None
 
 
-def may_watch(owner: str | None, ctx: RequestContext) -> bool:
-    """Whether the caller of `ctx` may see a change of an order owned by `owner` (None: the
-    change names no owner): the visibility rule of watchers, the same as for reading an order.
+def _may_see(principal: Principal, owner: str) -> bool:
+    """An order is visible to its owner and to admins; to anyone else it does not exist."""
+    return owner == principal.owner or SCOPE_ADMIN in principal.scopes
 
-    Every caller may read every order until identities exist (the authentication issue); then
-    this is: `orders:admin`, or `orders:read` and `owner` is the caller's own subject.
-    """
-    return True
+
+def may_watch(owner: str | None, ctx: RequestContext) -> bool:
+    """Whether the caller of `ctx` may see a change of an order owned by `owner` (None: a change
+    written before events named their owner, shown to admins only): the same rule as reading."""
+    if owner is None:
+        return SCOPE_ADMIN in ctx.principal.scopes
+    return _may_see(ctx.principal, owner)
 
 
 def _sees_every_owner(ctx: RequestContext) -> bool:
     """True when `may_watch` holds whatever the owner, so the feed need not ask it per change."""
-    return True  # no principals yet: every caller sees every owner
+    return SCOPE_ADMIN in ctx.principal.scopes  # AUTH_MODE=none: the anonymous principal is one
 
 
 def check_resume(cursor: str, position: tuple[int, int], bounds: FeedBounds) -> None:
@@ -195,12 +216,14 @@ class OrderService:
         self._cursors = cursors
         self._idempotency_ttl = idempotency_ttl
 
-    def _event(self, kind: EventType, order: Order, ctx: RequestContext) -> OrderEvent:
+    def _event(self, kind: EventType, order: Order, owner: str, ctx: RequestContext) -> OrderEvent:
         return OrderEvent(
             id=self._ids.new_id(),
             type=kind,
             order=order,
             occurred_at=order.updated_at,
+            owner=owner,
+            actor=ctx.principal.actor,
             request_id=ctx.request_id,
             traceparent=ctx.traceparent,
         )
@@ -213,6 +236,8 @@ class OrderService:
         idempotency_key: str | None = None,
         ctx: RequestContext = NO_CONTEXT,
     ) -> CreateResult:
+        """Create an order owned by the caller (an admin too creates its own)."""
+        require(ctx.principal, SCOPE_WRITE)
         violations: list[FieldViolation] = []
         _validate_product(product, violations)
         _validate_quantity(quantity, violations)
@@ -236,7 +261,7 @@ class OrderService:
             created_at=now,
             updated_at=now,
         )
-        stored = await self._store.create(order, self._event(EventType.CREATED, order, ctx), claim)
+        stored = await self._store.create(order, self._event(EventType.CREATED, order, ctx.principal.owner, ctx), claim)
         if isinstance(stored, ExistingClaim):
             assert claim is not None
             if stored.fingerprint != claim.fingerprint:
@@ -244,13 +269,27 @@ class OrderService:
             return CreateResult(stored.order, replayed=True)
         return CreateResult(stored, replayed=False)
 
-    async def get(self, order_id: str) -> Order:
-        order = await self._store.get(_parsed_or_not_found(order_id))
-        if order is None:
+    async def _read(self, order_id: str, principal: Principal) -> tuple[Order, str]:
+        """The order and its owner; another owner's order is not found, exactly as if absent."""
+        found = await self._store.get(_parsed_or_not_found(order_id))
+        if found is None or not _may_see(principal, found[1]):
             raise OrderNotFound(order_id)
-        return order
+        return found
 
-    async def list(self, limit: int | None = None, cursor: str | None = None, status: str | None = None) -> Page:
+    async def get(self, order_id: str, *, ctx: RequestContext = NO_CONTEXT) -> Order:
+        require(ctx.principal, SCOPE_READ)
+        return (await self._read(order_id, ctx.principal))[0]
+
+    async def list(
+        self,
+        limit: int | None = None,
+        cursor: str | None = None,
+        status: str | None = None,
+        *,
+        ctx: RequestContext = NO_CONTEXT,
+    ) -> Page:
+        """The caller's orders (an admin's: every owner's), newest first."""
+        require(ctx.principal, SCOPE_READ)
         violations: list[FieldViolation] = []
         page_size = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -268,7 +307,7 @@ class OrderService:
                 violations.extend(exc.violations)
         if violations:
             raise ValidationFailed(violations)
-        rows = await self._store.list_page(page_size + 1, before_id, status_filter)
+        rows = await self._store.list_page(page_size + 1, before_id, status_filter, owner_filter(ctx.principal))
         if len(rows) > page_size:
             rows = rows[:page_size]
             return Page(orders=rows, next_cursor=self._cursors.encode(rows[-1].id))
@@ -285,6 +324,7 @@ class OrderService:
         ctx: RequestContext = NO_CONTEXT,
     ) -> Order:
         """Change product, quantity and/or status (None = unchanged) under the transition rules."""
+        require(ctx.principal, SCOPE_WRITE)
         violations: list[FieldViolation] = []
         if product is not None:
             _validate_product(product, violations)
@@ -299,33 +339,37 @@ class OrderService:
         if violations:
             raise ValidationFailed(violations)
 
-        def decide(current: Order) -> Change:
-            _check_version(current, expected_version)
-            new_status = current.status if target_status is None else target_status
-            if not can_transition(current.status, new_status):
-                raise InvalidTransition(current.status, new_status)
-            new_product = current.product if product is None else product
-            new_quantity = current.quantity if quantity is None else quantity
-            if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
-                return current, None
-            return self._next_version(current, ctx, product=new_product, quantity=new_quantity, status=new_status)
+        def decide_for(owner: str) -> Decide:
+            def decide(current: Order) -> Change:
+                _check_version(current, expected_version)
+                new_status = current.status if target_status is None else target_status
+                if not can_transition(current.status, new_status):
+                    raise InvalidTransition(current.status, new_status)
+                new_product = current.product if product is None else product
+                new_quantity = current.quantity if quantity is None else quantity
+                if (new_product, new_quantity, new_status) == (current.product, current.quantity, current.status):
+                    return current, None
+                return self._next_version(
+                    current, owner, ctx, product=new_product, quantity=new_quantity, status=new_status
+                )
 
-        order, _ = await self._apply_change(order_id, decide)
+            return decide
+
+        order, _ = await self._apply_change(order_id, ctx.principal, decide_for)
         return order
 
     async def delete(
         self, order_id: str, *, expected_version: int | None = None, ctx: RequestContext = NO_CONTEXT
     ) -> None:
+        require(ctx.principal, SCOPE_WRITE)
         parsed = _parsed_or_not_found(order_id)
+        current, owner = await self._read(order_id, ctx.principal)
 
         def decide(current: Order) -> OrderEvent:
             _check_version(current, expected_version)
             last_state = msgspec.structs.replace(current, updated_at=self._clock.now())
-            return self._event(EventType.DELETED, last_state, ctx)
+            return self._event(EventType.DELETED, last_state, owner, ctx)
 
-        current = await self._store.get(parsed)
-        if current is None:
-            raise OrderNotFound(order_id)
         if await self._store.delete_if_version(parsed, current.version, decide(current)):
             return
         # Lost a race with another writer: decide again under the row lock.
@@ -339,13 +383,17 @@ class OrderService:
         redelivered event is harmless.
         """
 
-        def decide(current: Order) -> Change:
-            if current.status is not OrderStatus.PENDING:
-                return current, None
-            return self._next_version(current, ctx, status=OrderStatus.CONFIRMED)
+        def decide_for(owner: str) -> Decide:
+            def decide(current: Order) -> Change:
+                if current.status is not OrderStatus.PENDING:
+                    return current, None
+                return self._next_version(current, owner, ctx, status=OrderStatus.CONFIRMED)
 
+            return decide
+
+        require(ctx.principal, SCOPE_WRITE)
         try:
-            _, changed = await self._apply_change(order_id, decide)
+            _, changed = await self._apply_change(order_id, ctx.principal, decide_for)
         except OrderNotFound:
             return False
         return changed
@@ -354,21 +402,26 @@ class OrderService:
         """`confirm` for many orders at once (the consumer's batch): one read and one conditional
         update for the lot; an order another writer changed meanwhile is confirmed on its own,
         under its row lock. For each request, whether it confirmed the order (a repeated id: only
-        its first request can)."""
+        its first request can). Each request's principal must be allowed to change the order."""
         confirmed = [False] * len(requests)
         first_request: dict[uuid.UUID, int] = {}
-        for index, (raw_id, _) in enumerate(requests):
+        for index, (raw_id, ctx) in enumerate(requests):
+            require(ctx.principal, SCOPE_WRITE)
             parsed = parse_order_id(raw_id)
             if parsed is not None:
                 first_request.setdefault(parsed, index)
         order_ids = list(first_request)
         changes: _Replacements = []
         changed_request: _Indexes = []
-        for order_id, current in zip(order_ids, await self._store.get_many(order_ids), strict=True):
-            if current is None or current.status is not OrderStatus.PENDING:
+        for order_id, found in zip(order_ids, await self._store.get_many(order_ids), strict=True):
+            if found is None:
                 continue
+            current, owner = found
             index = first_request[order_id]
-            changed, event = self._next_version(current, requests[index][1], status=OrderStatus.CONFIRMED)
+            principal = requests[index][1].principal
+            if current.status is not OrderStatus.PENDING or not _may_see(principal, owner):
+                continue
+            changed, event = self._next_version(current, owner, requests[index][1], status=OrderStatus.CONFIRMED)
             assert event is not None
             changes.append((changed, current.version, event))
             changed_request.append(index)
@@ -378,21 +431,23 @@ class OrderService:
             confirmed[index] = was_stored or await self.confirm(raw_id, ctx=ctx)
         return confirmed
 
-    def _next_version(self, current: Order, ctx: RequestContext, **fields: Any) -> Change:
+    def _next_version(self, current: Order, owner: str, ctx: RequestContext, **fields: Any) -> Change:
         """The order with `fields` changed and its version bumped, and the event that says so."""
         changed = msgspec.structs.replace(current, version=current.version + 1, updated_at=self._clock.now(), **fields)
-        return changed, self._event(EventType.UPDATED, changed, ctx)
+        return changed, self._event(EventType.UPDATED, changed, owner, ctx)
 
-    async def _apply_change(self, order_id: str, decide: Decide) -> tuple[Order, bool]:
+    async def _apply_change(
+        self, order_id: str, principal: Principal, decide_for: Callable[[str], Decide]
+    ) -> tuple[Order, bool]:
         """Apply `decide` to the order: optimistically first, under the row lock if that loses a race.
 
         Returns the resulting order and whether it changed. Concurrent writers therefore never
-        lose one another's updates, and every one of them makes progress.
+        lose one another's updates, and every one of them makes progress. An order's owner never
+        changes, so the rule made for the owner read first holds under the lock too.
         """
         parsed = _parsed_or_not_found(order_id)
-        current = await self._store.get(parsed)
-        if current is None:
-            raise OrderNotFound(order_id)
+        current, owner = await self._read(order_id, principal)
+        decide = decide_for(owner)
         changed, event = decide(current)
         if event is None:
             return changed, False
@@ -413,6 +468,7 @@ class OrderService:
         may have been deleted since the cursor: its deletion is among the changes to come). A
         cursor older than the feed still holds is CursorExpired, never a silent gap.
         """
+        require(ctx.principal, SCOPE_READ)
         violations: list[FieldViolation] = []
         if len(order_ids) > MAX_WATCHED_ORDERS:
             violations.append(FieldViolation("order_id", f"at most {MAX_WATCHED_ORDERS} order ids"))
@@ -434,7 +490,11 @@ class OrderService:
             raise ChangesUnavailable("this process has no change feed")
         if ids and position is None:
             found = await asyncio.gather(*(self._store.get(parsed) for parsed in ids.values()))
-            missing = [text for text, order in zip(ids, found, strict=True) if order is None]
+            missing = [
+                text
+                for text, order in zip(ids, found, strict=True)
+                if order is None or not _may_see(ctx.principal, order[1])  # another owner's: as if absent
+            ]
             if missing:
                 raise ValidationFailed([FieldViolation("order_id", f"order {missing[0]} not found")])
         spec = WatchSpec(

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import msgspec
 
-from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus
+from service.domain import IdempotencyClaim, Order, OrderEvent, OrderStatus, Principal
 
 
 class ExistingClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,24 +29,33 @@ DecideRemoval = Callable[[Order], OrderEvent]
 
 
 class OrderStore(Protocol):
-    """Persistence of orders. Every change stores its event in the same transaction."""
+    """Persistence of orders. Every change stores its event in the same transaction.
+
+    Every order has an owner, which never changes: the `owner` of the event that created it.
+    """
 
     async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
-        """Insert the order and its event; with a claim, also store the key atomically.
+        """Insert the order (owned by `event.owner`) and its event; with a claim, also store the
+        key atomically. Keys are per owner: two owners may hold the same key.
 
-        Returns the stored order, or the claim already held by a live (unexpired) key, in which
-        case nothing was written.
+        Returns the stored order, or the claim already held by a live (unexpired) key of this
+        owner, in which case nothing was written.
         """
         ...
 
-    async def get(self, order_id: uuid.UUID) -> Order | None: ...
-
-    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
-        """The orders of `order_ids`, in that order (None where absent), read together."""
+    async def get(self, order_id: uuid.UUID) -> tuple[Order, str] | None:
+        """The order and its owner."""
         ...
 
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
-        """Up to `limit` orders with id < before_id (all when None), newest (highest id) first."""
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[tuple[Order, str] | None]:
+        """The orders of `order_ids` and their owners, in that order (None where absent), read together."""
+        ...
+
+    async def list_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
+    ) -> list[Order]:
+        """Up to `limit` orders with id < before_id (all when None), newest (highest id) first;
+        only `owner`'s when given."""
         ...
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
@@ -93,6 +102,8 @@ class OutboxRecord(msgspec.Struct, frozen=True):
     request_id: str | None
     traceparent: str | None
     occurred_at: datetime
+    owner: str | None = None  # None: a row written before events recorded it
+    actor: str | None = None
 
 
 class OutboxBacklog(msgspec.Struct, frozen=True):
@@ -227,6 +238,14 @@ class PoolStats(msgspec.Struct, frozen=True):
     waiting: int
     waits_total: int
     acquire_timeouts_total: int
+
+
+class Authenticator(Protocol):
+    """Who a call comes from, from its `Authorization` header (REST) or metadata (gRPC)."""
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller's principal; raise Unauthenticated when the credentials are absent or bad."""
+        ...
 
 
 class Clock(Protocol):

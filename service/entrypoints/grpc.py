@@ -24,7 +24,12 @@ async def run(settings: Settings) -> int:
     resources = Resources(settings, role="grpc")
     server = build_grpc_server(settings, resources)
     address = f"{settings.bind}:{settings.grpc_port}"
-    port = server.add_port(address)
+    port = server.add_port(
+        address,
+        cert_file=settings.tls_cert_file,
+        key_file=settings.tls_key_file,
+        client_ca_file=settings.tls_client_ca_file,
+    )
     if port == 0:
         log.error(
             "cannot bind the gRPC port: is the address valid and the port free (or held by another gRPC server)?",
@@ -33,13 +38,15 @@ async def run(settings: Settings) -> int:
         await resources.aclose()
         return 1
     await server.start()
-    log.info("gRPC listening", extra={"address": address, "port": port})
+    log.info("gRPC listening", extra={"address": address, "port": port, "tls": settings.tls_cert_file is not None})
+    key_refresh = asyncio.create_task(resources.refresh_keys(), name="jwks-refresh")
     publish_periodically(loop, PoolGauges("grpc", resources.db.stats))
     watcher = asyncio.create_task(server.watch_health())
     await stop.wait()
     log.info("gRPC shutting down", extra={"grace_s": settings.shutdown_timeout})
     watcher.cancel()
     resources.changes.close()  # WatchOrders streams end (OK) after what they hold, so the grace is not spent on them
+    key_refresh.cancel()
     await server.stop(grace=settings.shutdown_timeout)
     await resources.aclose()
     log.info("gRPC stopped")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from service.app import Resources, build_rest_api
@@ -26,17 +27,22 @@ class HttpWorker:
     def __init__(self) -> None:
         self.api: RestApi | None = None
         self._resources: Resources | None = None
+        self._key_refresh: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
         settings = load_settings()
         configure_logging(settings.log_level, role="http")
         self._resources = Resources(settings, role="http")
         self.api = build_rest_api(settings, self._resources)
+        self._key_refresh = loop.create_task(self._resources.refresh_keys(), name="jwks-refresh")
         publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
         end_on_shutdown(loop, self._resources.changes.close)
         return self.api
 
     def close(self) -> None:
+        if self._key_refresh is not None:
+            self._key_refresh.cancel()
+            self._key_refresh = None
         if self._resources is not None:
             self._resources.close_sync()
             self._resources = None
@@ -94,5 +100,10 @@ def serve_granian(settings: Settings, target: str, interface: str, factory: bool
         log_level=LogLevels(settings.log_level.lower()),
         log_dictconfig=json_logging,
         log_access=False,
+        # TLS only when configured (HTTP/2 by ALPN, and HTTP/1.1); a client CA requires client certificates.
+        ssl_cert=Path(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_key=Path(settings.tls_key_file) if settings.tls_key_file else None,
+        ssl_ca=Path(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
+        ssl_client_verify=settings.tls_client_ca_file is not None,
     )
     server.serve()

@@ -36,7 +36,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from service.domain import EventType, StoreUnavailable
+from service.domain import SYSTEM, EventType, StoreUnavailable
 from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
 from service.observability.logging import request_id_var
 from service.observability.tracing import NO_TRACER, Tracer
@@ -262,7 +262,7 @@ class Consumer:
         acknowledge and those to handle one by one instead (when the batch failed for a reason
         other than PostgreSQL being unavailable, so that the entry at fault is found)."""
         requests = [
-            (order_id, RequestContext(request_id=text(entry.fields, "request_id") or None))
+            (order_id, RequestContext(principal=SYSTEM, request_id=text(entry.fields, "request_id") or None))
             for entry, order_id in creates
         ]
         while True:
@@ -383,6 +383,7 @@ class Consumer:
         if event == EventType.CREATED:
             order_id = str(_decode_ref(entry.fields.get(b"payload", b"")).id)
             ctx = RequestContext(
+                principal=SYSTEM,
                 request_id=request_id or None,
                 traceparent=self._tracer.traceparent(text(entry.fields, "traceparent") or None),
             )

@@ -37,6 +37,10 @@ def entry_fields(record: OutboxRecord) -> dict[str, str]:
     }
     if record.traceparent:
         fields["traceparent"] = record.traceparent
+    if record.owner is not None:  # who owns the order, and who changed it: the stream is an audit trail
+        fields["owner"] = record.owner
+    if record.actor is not None:
+        fields["actor"] = record.actor
     return fields
 
 

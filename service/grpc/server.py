@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -106,10 +107,26 @@ class GrpcServer:
             registry,
         )
 
-    def add_port(self, address: str) -> int:
-        """The port bound at `address`, or 0 when it cannot be bound."""
+    def add_port(
+        self,
+        address: str,
+        *,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        client_ca_file: str | None = None,
+    ) -> int:
+        """The port bound at `address`, or 0 when it cannot be bound. With a certificate and key it
+        serves TLS only; with a client CA too, only clients with a certificate signed by it (mTLS)."""
         try:
-            port: int = self.server.add_insecure_port(address)
+            if cert_file and key_file:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(key_file).read_bytes(), Path(cert_file).read_bytes())],
+                    root_certificates=Path(client_ca_file).read_bytes() if client_ca_file else None,
+                    require_client_auth=client_ca_file is not None,
+                )
+                port: int = self.server.add_secure_port(address, credentials)
+            else:
+                port = self.server.add_insecure_port(address)
         except RuntimeError:
             return 0
         return port

@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.domain import FieldViolation, ValidationFailed
+from service.domain import ANONYMOUS, FieldViolation, ValidationFailed
 from service.grpc.convert import ChangeMessages, order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import status_for
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService, RequestContext
+from service.ports import Authenticator
 
 Reply = TypeVar("Reply")
 Work = Callable[[RequestContext, dict[str, str]], Awaitable[Reply]]
@@ -41,10 +42,19 @@ _SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "IN
 
 
 class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
-    def __init__(self, service: OrderService, *, tracer: Tracer = NO_TRACER, metrics: CallMetrics = NO_METRICS) -> None:
+    def __init__(
+        self,
+        service: OrderService,
+        *,
+        tracer: Tracer = NO_TRACER,
+        metrics: CallMetrics = NO_METRICS,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal."""
         self._service = service
         self._calls = CallEnvelope(metrics, tracer)
         self._changes = ChangeMessages()
+        self._auth = authenticator
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any], work: Work[Reply]) -> Reply:
         """Request id in and out, one access line and metric per call, every failure as a status."""
@@ -73,7 +83,9 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         try:
             await context.send_initial_metadata((("x-request-id", request_id),))
             try:
-                return await work(self._calls.context(request_id, metadata.get("traceparent")), metadata)
+                principal = ANONYMOUS if self._auth is None else self._auth.authenticate(metadata.get("authorization"))
+                ctx = self._calls.context(request_id, metadata.get("traceparent"), principal)
+                return await work(ctx, metadata)
             except asyncio.CancelledError:  # the client went away or its deadline passed
                 code = "CANCELLED"
                 raise
@@ -106,7 +118,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         self, request: orders_pb2.GetOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> orders_pb2.GetOrderResponse:
         async def work(ctx: RequestContext, metadata: dict[str, str]) -> orders_pb2.GetOrderResponse:
-            return orders_pb2.GetOrderResponse(order=order_to_pb(await self._service.get(request.id)))
+            return orders_pb2.GetOrderResponse(order=order_to_pb(await self._service.get(request.id, ctx=ctx)))
 
         return await self._call("GetOrder", context, work)
 
@@ -118,6 +130,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                 limit=request.page_size or None,
                 cursor=request.page_token or None,
                 status=status_from_pb(request.status),
+                ctx=ctx,
             )
             return orders_pb2.ListOrdersResponse(
                 orders=[order_to_pb(order) for order in page.orders], next_page_token=page.next_cursor or ""

@@ -15,7 +15,9 @@ from service.domain import (
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
+    PermissionDenied,
     StoreUnavailable,
+    Unauthenticated,
     ValidationFailed,
     VersionMismatch,
     WatcherTooSlow,
@@ -31,6 +33,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (VersionMismatch, grpc.StatusCode.ABORTED),
     (CursorExpired, grpc.StatusCode.OUT_OF_RANGE),
     (WatcherTooSlow, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

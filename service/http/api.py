@@ -14,14 +14,14 @@ from urllib.parse import parse_qsl, quote
 
 import msgspec
 
-from service.domain import Order
+from service.domain import ANONYMOUS, SCOPE_ADMIN, Order, Principal
 from service.http import sse
 from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, Tracer
-from service.orders import OrderService
-from service.ports import ChangeSubscription
+from service.orders import OrderService, RequestContext, require
+from service.ports import Authenticator, ChangeSubscription
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -67,7 +67,9 @@ class HttpMetrics(CallMetrics, Protocol):
         ...
 
 
-Handler = Callable[["HttpRequest", str, str], Awaitable["HttpResponse"]]
+Handler = Callable[["HttpRequest", str, str, Principal], Awaitable["HttpResponse"]]
+# Open without a token; every other route authenticates before anything is decoded.
+OPEN_PATHS = frozenset(("/health", "/ready", "/openapi.json"))
 ReadinessCheck = Callable[[], Awaitable[None]]
 JsonSource = Callable[[], Awaitable[bytes]]
 
@@ -106,10 +108,13 @@ class RestApi:
         metrics: HttpMetrics = NO_METRICS,
         tracer: Tracer = NO_TRACER,
         heartbeat_seconds: float = 15.0,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal."""
         self.service = service
         self._heartbeat = heartbeat_seconds
         self._frames = sse.ChangeFrames()
+        self._auth = authenticator
         self.max_body_bytes = max_body_bytes
         self._readiness_checks = dict(readiness_checks)
         self._openapi = openapi_document
@@ -128,6 +133,7 @@ class RestApi:
             "/metrics": {"GET": self._prometheus},
             **{path: {"GET": self._json_route(source)} for path, source in json_endpoints.items()},
         }
+        self._admin_paths = frozenset(("/metrics", *json_endpoints))
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
@@ -135,9 +141,14 @@ class RestApi:
         template, methods, param = self._match(request.path)
         try:
             try:
+                principal = ANONYMOUS
+                if self._auth is not None and methods is not None and template not in OPEN_PATHS:
+                    principal = self._auth.authenticate(request.headers.get("authorization"))
+                    if template in self._admin_paths:
+                        require(principal, SCOPE_ADMIN)
                 handler = methods.get(request.method) if methods is not None else None
                 if handler is not None:
-                    response = await handler(request, request_id, param)
+                    response = await handler(request, request_id, param, principal)
                 elif methods is None:
                     raise HttpError(404, "not-found", "Not found", f"no route for {request.path}")
                 else:
@@ -182,21 +193,25 @@ class RestApi:
             return "/orders/{id}", self._order_routes, path[8:]
         return "unmatched", None, ""
 
-    async def _get(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
-        return self._order_response(200, await self.service.get(order_id))
+    async def _get(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
+        return self._order_response(200, await self.service.get(order_id, ctx=RequestContext(principal=principal)))
 
-    async def _health(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _health(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         return HttpResponse(200, [("content-type", JSON)], _HEALTH_BODY)
 
-    async def _openapi_document(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _openapi_document(
+        self, request: HttpRequest, request_id: str, param: str, principal: Principal
+    ) -> HttpResponse:
         return HttpResponse(200, [("content-type", JSON)], self._openapi)
 
-    async def _prometheus(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _prometheus(
+        self, request: HttpRequest, request_id: str, param: str, principal: Principal
+    ) -> HttpResponse:
         content_type, body = await self._metrics.render()
         return HttpResponse(200, [("content-type", content_type)], body)
 
     def _json_route(self, source: JsonSource) -> Handler:
-        async def handler(request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+        async def handler(request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
             return HttpResponse(200, [("content-type", JSON)], await source())
 
         return handler
@@ -227,7 +242,7 @@ class RestApi:
             headers.extend(extra)
         return HttpResponse(status, headers, _encode(order))
 
-    async def _create(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _create(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         body = self._body(request)
         try:
             command = _decode_create(body)
@@ -237,14 +252,14 @@ class RestApi:
             command.product,
             command.quantity,
             idempotency_key=request.headers.get("idempotency-key"),
-            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent"), principal),
         )
         extra = [("location", f"/orders/{result.order.id}")]
         if result.replayed:
             extra.append(("idempotent-replayed", "true"))
         return self._order_response(201, result.order, extra)
 
-    async def _list(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _list(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         params = dict(parse_qsl(request.query_string, keep_blank_values=True))
         limit = None
         raw_limit = params.get("limit")
@@ -255,7 +270,12 @@ class RestApi:
         status = params.get("status")
         if status == "":  # given but empty: not one of the documented values (absent means "any")
             raise bad_request("status", "must be one of: pending, confirmed, cancelled")
-        page = await self.service.list(limit=limit, cursor=params.get("cursor") or None, status=status)
+        page = await self.service.list(
+            limit=limit,
+            cursor=params.get("cursor") or None,
+            status=status,
+            ctx=RequestContext(principal=principal),
+        )
         headers = [("content-type", JSON)]
         if page.next_cursor is not None:
             query = f"limit={limit or len(page.orders)}&cursor={quote(page.next_cursor)}"
@@ -264,7 +284,7 @@ class RestApi:
             headers.append(("link", f'</orders?{query}>; rel="next"'))
         return HttpResponse(200, headers, _encode(page.orders))
 
-    async def _watch(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _watch(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         order_ids: list[str] = []
         after = request.headers.get("last-event-id")
         for name, value in parse_qsl(request.query_string, keep_blank_values=True):
@@ -275,7 +295,7 @@ class RestApi:
         subscription = await self.service.watch(
             order_ids,
             after or None,
-            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent"), principal),
         )
         headers = [("content-type", sse.CONTENT_TYPE), ("cache-control", "no-store"), ("x-accel-buffering", "no")]
         return StreamingResponse(200, headers, chunks=self._events(subscription, request_id))
@@ -302,7 +322,7 @@ class RestApi:
         finally:
             subscription.close()
 
-    async def _update(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
+    async def _update(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
         expected = parse_if_match(request.headers.get("if-match"))
         body = self._body(request)
         try:
@@ -315,20 +335,20 @@ class RestApi:
             quantity=command.quantity,
             status=command.status.value if command.status is not None else None,
             expected_version=expected,
-            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent"), principal),
         )
         return self._order_response(200, order)
 
-    async def _delete(self, request: HttpRequest, request_id: str, order_id: str) -> HttpResponse:
+    async def _delete(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
         expected = parse_if_match(request.headers.get("if-match"))
         await self.service.delete(
             order_id,
             expected_version=expected,
-            ctx=self._calls.context(request_id, request.headers.get("traceparent")),
+            ctx=self._calls.context(request_id, request.headers.get("traceparent"), principal),
         )
         return HttpResponse(204, [])
 
-    async def _ready(self, request: HttpRequest, request_id: str, param: str) -> HttpResponse:
+    async def _ready(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         checks: dict[str, str] = {}
         for name, check in self._readiness_checks.items():
             try:

@@ -13,6 +13,9 @@ from service.domain import (
     MAX_PRODUCT_LENGTH,
     MAX_QUANTITY,
     MIN_QUANTITY,
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
     Order,
 )
 from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
@@ -95,7 +98,36 @@ def _with_constraints(schemas: dict[str, Any]) -> None:
     schemas["Order"]["properties"]["version"]["minimum"] = 1
 
 
-def build_openapi() -> dict[str, Any]:
+# The scope each operation needs with AUTH_MODE=jwt (RFC 6750 bearer JWTs); absent: open.
+OPERATION_SCOPES = {
+    "createOrder": SCOPE_WRITE,
+    "listOrders": SCOPE_READ,
+    "getOrder": SCOPE_READ,
+    "updateOrder": SCOPE_WRITE,
+    "deleteOrder": SCOPE_WRITE,
+    "dbMetrics": SCOPE_ADMIN,
+}
+_CHALLENGE = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge", "schema": {"type": "string"}}}
+
+
+def _secure(paths: dict[str, Any]) -> None:
+    """Each operation's security requirement (its scope, or none when open) and its 401/403."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue  # path-level parameters
+            scope = OPERATION_SCOPES.get(operation["operationId"])
+            if scope is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearerAuth": [scope]}]
+            operation["responses"]["401"] = _problem("No bearer token, or an invalid one", _CHALLENGE)
+            operation["responses"]["403"] = _problem(f"The token lacks the scope {scope}", _CHALLENGE)
+
+
+def build_openapi(secured: bool = True) -> dict[str, Any]:
+    """The document; `secured` (AUTH_MODE=jwt) declares the bearer scheme and each operation's scope,
+    without it (AUTH_MODE=none) no operation needs credentials, and the document says so."""
     (_, schemas) = msgspec.json.schema_components(
         [CreateOrderBody, UpdateOrderBody, Order, Problem, Health, Readiness, PoolStats], ref_template=_REF
     )
@@ -295,7 +327,9 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     }
-    return {
+    if secured:
+        _secure(paths)
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "orders-service",
@@ -303,9 +337,26 @@ def build_openapi() -> dict[str, Any]:
             "description": "Order management: REST API (this document) and gRPC (proto/orders.proto).",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "With AUTH_MODE=jwt: a JWT of the configured issuer, with scopes orders:read, "
+                        "orders:write and orders:admin (every owner's orders, /metrics*). "
+                        "Another owner's order answers 404, as if absent."
+                    ),
+                }
+            },
+        },
     }
+    if not secured:
+        del document["components"]["securitySchemes"]
+    return document
 
 
-def openapi_bytes() -> bytes:
-    return msgspec.json.encode(build_openapi())
+def openapi_bytes(secured: bool = True) -> bytes:
+    return msgspec.json.encode(build_openapi(secured))

@@ -15,7 +15,9 @@ from service.domain import (
     IdempotencyKeyReused,
     InvalidTransition,
     OrderNotFound,
+    PermissionDenied,
     StoreUnavailable,
+    Unauthenticated,
     ValidationFailed,
     VersionMismatch,
     WatcherTooSlow,
@@ -91,7 +93,20 @@ _DOMAIN_STATUS: list[tuple[type[BaseException], int, str, str]] = [
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused"),
     (CursorExpired, 410, "cursor-expired", "Cursor expired"),
     (WatcherTooSlow, 429, "watcher-too-slow", "Watcher too slow"),
+    (Unauthenticated, 401, "unauthenticated", "Authentication required"),
+    (PermissionDenied, 403, "insufficient-scope", "Insufficient scope"),
 ]
+
+
+def _challenge(exc: BaseException) -> list[tuple[str, str]]:
+    """The RFC 6750 `WWW-Authenticate` challenge of a 401 or 403 (the details hold no quotes)."""
+    if isinstance(exc, Unauthenticated):
+        if not exc.invalid_token:
+            return [("www-authenticate", "Bearer")]
+        return [("www-authenticate", f'Bearer error="invalid_token", error_description="{exc.detail}"')]
+    if isinstance(exc, PermissionDenied):
+        return [("www-authenticate", f'Bearer error="insufficient_scope", scope="{exc.scope}"')]
+    return []
 
 
 def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -122,7 +137,7 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
         if isinstance(exc, kind):
             detail = exc.detail if isinstance(exc, DomainError) else title
             violations = exc.violations if isinstance(exc, ValidationFailed) else None
-            return status, [], _body(status, slug, title, detail, request_id, violations)
+            return status, _challenge(exc), _body(status, slug, title, detail, request_id, violations)
     log.error("unhandled error", exc_info=exc)
     return (
         500,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import uuid_utils
 
+from service.domain import Principal
 from service.observability.logging import log_access, request_id_var
 from service.observability.tracing import Attributes, Span, Tracer
 from service.orders import RequestContext
@@ -88,10 +89,12 @@ class CallEnvelope:
         """The call's SERVER span, continuing the incoming traceparent; only when `traced`."""
         return self._tracer.span(name, "server", parent=traceparent, attributes=attributes)
 
-    def context(self, request_id: str, traceparent: str | None) -> RequestContext:
-        """Where a change comes from: the request id, and the trace its event continues (the call's
-        span when tracing, else the incoming traceparent when it is well formed)."""
-        return RequestContext(request_id=request_id, traceparent=self._tracer.traceparent(traceparent))
+    def context(self, request_id: str, traceparent: str | None, principal: Principal) -> RequestContext:
+        """Who calls and where a change comes from: the request id, and the trace its event continues
+        (the call's span when tracing, else the incoming traceparent when it is well formed)."""
+        return RequestContext(
+            principal=principal, request_id=request_id, traceparent=self._tracer.traceparent(traceparent)
+        )
 
     def http_done(self, route: str, method: str, path: str, status: int, started: float) -> None:
         """Metric and access line of a REST request (`route`: the template that labels the metric)."""

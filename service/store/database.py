@@ -60,6 +60,42 @@ def with_statement_timeout(dsn: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+_SSL_MODES = {
+    "disable": psqlpy.SslMode.Disable,
+    "allow": psqlpy.SslMode.Allow,
+    "prefer": psqlpy.SslMode.Prefer,
+    "require": psqlpy.SslMode.Require,
+    # psqlpy falls back to plaintext with its VerifyCa/VerifyFull modes: Require with the
+    # sslrootcert CA is what verifies the server's certificate (chain and host name).
+    "verify-ca": psqlpy.SslMode.Require,
+    "verify-full": psqlpy.SslMode.Require,
+}
+
+
+def tls_options(dsn: str) -> tuple[str, dict[str, Any]]:
+    """The DSN without `sslmode`/`sslrootcert`, and them as psqlpy's `ssl_mode`/`ca_file` arguments.
+
+    psqlpy's own DSN parsing refuses `sslrootcert` and silently connects in plaintext with
+    `sslmode=verify-ca` or `verify-full`, so both are taken out and passed explicitly (verify-*
+    verify the server's certificate against `sslrootcert`: give it with them).
+    """
+    parts = urlsplit(dsn)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    options: dict[str, Any] = {}
+    kept: list[tuple[str, str]] = []
+    for name, value in params:
+        if name == "sslmode" and value in _SSL_MODES:
+            options["ssl_mode"] = _SSL_MODES[value]
+        elif name == "sslrootcert":
+            options["ca_file"] = value
+        else:
+            kept.append((name, value))
+    if not options:
+        return dsn, options
+    query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in kept)
+    return urlunsplit(parts._replace(query=query)), options
+
+
 class Database:
     """One process's pool.
 
@@ -93,8 +129,10 @@ class Database:
         application_name: str = "orders-service",
     ) -> None:
         size = max(2, pool_size)
+        plain_dsn, tls = tls_options(dsn)
         self._pool = psqlpy.ConnectionPool(
-            dsn=with_statement_timeout(dsn, statement_timeout),
+            dsn=with_statement_timeout(plain_dsn, statement_timeout),
+            **tls,
             max_db_pool_size=size,
             connect_timeout_sec=connect_timeout,
             application_name=application_name,

@@ -24,8 +24,9 @@ class _StoredClaim(msgspec.Struct, frozen=True):
 class MemoryOrderStore:
     def __init__(self, relay_outbox: MemoryOutbox | None = None) -> None:
         self.orders: dict[uuid.UUID, Order] = {}
+        self.owners: dict[uuid.UUID, str] = {}
         self.outbox: list[OrderEvent] = []
-        self.claims: dict[str, _StoredClaim] = {}
+        self.claims: dict[tuple[str, str], _StoredClaim] = {}  # by (owner, key)
         self.now: datetime | None = None  # what "now" is for claim expiry; set by tests
         self._relay_outbox = relay_outbox
 
@@ -34,7 +35,7 @@ class MemoryOrderStore:
         if self._relay_outbox is not None:
             self._relay_outbox.add(event)
 
-    def _live_claim(self, key: str, at: datetime) -> _StoredClaim | None:
+    def _live_claim(self, key: tuple[str, str], at: datetime) -> _StoredClaim | None:
         stored = self.claims.get(key)
         if stored is None or stored.claim.expires_at <= at:
             return None
@@ -42,25 +43,32 @@ class MemoryOrderStore:
 
     async def create(self, order: Order, event: OrderEvent, claim: IdempotencyClaim | None) -> Order | ExistingClaim:
         if claim is not None:
-            existing = self._live_claim(claim.key, self.now or order.created_at)
+            key = (event.owner, claim.key)
+            existing = self._live_claim(key, self.now or order.created_at)
             if existing is not None:
                 return ExistingClaim(fingerprint=existing.claim.fingerprint, order=existing.order)
-            self.claims[claim.key] = _StoredClaim(claim, order)
+            self.claims[key] = _StoredClaim(claim, order)
         self.orders[order.id] = order
+        self.owners[order.id] = event.owner
         self._record(event)
         return order
 
-    async def get(self, order_id: uuid.UUID) -> Order | None:
-        return self.orders.get(order_id)
+    async def get(self, order_id: uuid.UUID) -> tuple[Order, str] | None:
+        order = self.orders.get(order_id)
+        return None if order is None else (order, self.owners[order_id])
 
-    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
-        return [self.orders.get(order_id) for order_id in order_ids]
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[tuple[Order, str] | None]:
+        return [await self.get(order_id) for order_id in order_ids]
 
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
+    async def list_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
+    ) -> list[Order]:
         selected = [
             o
             for o in self.orders.values()
-            if (before_id is None or o.id < before_id) and (status is None or o.status == status)
+            if (before_id is None or o.id < before_id)
+            and (status is None or o.status == status)
+            and (owner is None or self.owners[o.id] == owner)
         ]
         selected.sort(key=lambda o: o.id, reverse=True)
         return selected[:limit]
@@ -81,6 +89,7 @@ class MemoryOrderStore:
         if current is None or current.version != expected_version:
             return False
         del self.orders[order_id]
+        del self.owners[order_id]
         self._record(event)
         return True
 
@@ -101,6 +110,7 @@ class MemoryOrderStore:
             return False
         event = decide(current)
         del self.orders[order_id]
+        del self.owners[order_id]
         self._record(event)
         return True
 

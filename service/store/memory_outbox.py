@@ -76,6 +76,8 @@ class MemoryOutbox:
             request_id=event.request_id,
             traceparent=event.traceparent,
             occurred_at=event.occurred_at,
+            owner=event.owner,
+            actor=event.actor,
         )
         self.records.append(record)
         self._next_id += 1

@@ -9,6 +9,8 @@ from importlib import resources
 import msgspec
 import psqlpy
 
+from service.store.database import tls_options
+
 log = logging.getLogger(__name__)
 
 # Any constant shared by every replica of this service; pg_advisory_lock keys are bigint.
@@ -37,7 +39,8 @@ def load_migrations() -> list[Migration]:
 
 async def migrate(dsn: str) -> list[str]:
     """Apply pending migrations; returns the names applied. Safe to run from many replicas."""
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2, connect_timeout_sec=5)
+    plain_dsn, tls = tls_options(dsn)
+    pool = psqlpy.ConnectionPool(dsn=plain_dsn, **tls, max_db_pool_size=2, connect_timeout_sec=5)
     applied: list[str] = []
     try:
         conn = await pool.connection()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import psqlpy
 import pytest
+import trustme
 
 from benchmarks.database import admin_sql
 from service.domain import StoreUnavailable
 from service.store.database import Database
 from tests.conftest import IsolatedSchema
+
+if TYPE_CHECKING:
+    from tests.conftest import TestServices
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +71,25 @@ async def test_a_cancelled_request_does_not_leave_its_connection_held(database: 
         await task
     assert (database.held, database.stats().in_use) == (0, 0)
     assert await _backend(database) > 0
+
+
+async def test_sslmode_and_sslrootcert_in_the_url_are_honoured(test_services: TestServices, tmp_path: Path) -> None:
+    """psqlpy alone would refuse sslrootcert and silently go plaintext with verify-full."""
+    from service.store.database import tls_options
+
+    dsn, options = tls_options("postgresql://u@h:5432/db?sslmode=verify-full&sslrootcert=/ca.pem&options=-c%20x%3D1")
+    assert dsn == "postgresql://u@h:5432/db?options=-c%20x%3D1"
+    assert options == {"ssl_mode": psqlpy.SslMode.Require, "ca_file": "/ca.pem"}
+    assert tls_options("postgresql://u@h/db") == ("postgresql://u@h/db", {})
+
+    # the test server speaks no TLS: verify-full must refuse it, not fall back to plaintext
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    db = Database(
+        f"{test_services.database_url}?sslmode=verify-full&sslrootcert={ca}", pool_size=2, acquire_timeout=3.0
+    )
+    try:
+        with pytest.raises((StoreUnavailable, psqlpy.exceptions.Error)):
+            await db.ping()
+    finally:
+        db.close()

@@ -45,6 +45,10 @@ INTENTIONALLY_DEFAULTED = {
     "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
     "WATCH_BUFFER": "a tuning knob of watchers; its default is what deployments want",
     "WATCH_HEARTBEAT": "SSE keep-alive interval; its default (15 s) suits common proxies",
+    "AUTH_JWKS_FILE": "Kubernetes reads the issuer's JWKS from AUTH_JWKS_URL; compose sets the file",
+    "TLS_CERT_FILE": "TLS terminates at the ingress or mesh unless a certificate Secret is mounted",
+    "TLS_KEY_FILE": "as TLS_CERT_FILE",
+    "TLS_CLIENT_CA_FILE": "as TLS_CERT_FILE (mTLS)",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the
@@ -208,7 +212,12 @@ def test_image_env_defaults(dockerfile: Any) -> None:
     assert env["ADMIN_BIND"] == "127.0.0.1"
     assert env.get("MIGRATE_ON_START") == "false"
     settings_env = {k: v for k, v in env.items() if k in ENV_VARIABLES}
-    load_settings(settings_env)
+    # Authentication is on, and no issuer or key is defaulted: the deployment must name them.
+    assert env.get("AUTH_MODE") == "jwt"
+    with pytest.raises(ConfigError, match="AUTH_ISSUER"):
+        load_settings(settings_env)
+    issuer = {"AUTH_ISSUER": "https://login.example.com/", "AUTH_AUDIENCE": "orders-service"}
+    load_settings({**settings_env, **issuer, "AUTH_JWKS_URL": "https://login.example.com/jwks.json"})
 
 
 def test_dockerignore_keeps_build_inputs_and_drops_local_artefacts() -> None:
@@ -292,6 +301,7 @@ def test_compose_migrates_once_then_serves(compose: dict[str, Any]) -> None:
         "postgres": "service_healthy",
         "redis": "service_healthy",
         "migrate": "service_completed_successfully",
+        "keys": "service_completed_successfully",  # the local signing key and JWKS (AUTH_MODE=jwt)
     }
 
 

@@ -21,25 +21,29 @@ from service.store.postgres.keyed_creates import KeyedCreate, create_keyed_many
 
 _CREATE = """
 WITH new_order AS (
-    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $14)
 )
-INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at) VALUES ($8, $9, $1, $10::text::jsonb, $11, $12, $13)
+INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor) VALUES ($8, $9, $1, $10::text::jsonb, $11, $12, $13, $14, $15)
 """
 
+# Creates without an idempotency key that arrive in the same loop turn: one statement, still one
+# order row and one outbox row per create, all committed together.
 _CREATE_MANY = """
 WITH new_orders AS (
-    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+    INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at, owner)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[], $14::text[])
 )
-INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
-SELECT * FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[]::jsonb[], $11::text[], $12::text[], $13::timestamptz[])
+INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
+SELECT * FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[]::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[])
 """
 
 _GET_FOR_UPDATE = (
     "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = $1 FOR UPDATE"
 )
 
-_GET_MANY = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id = ANY($1)"
+_GET_MANY = (
+    "SELECT id, product, quantity, status, version, created_at, updated_at, owner FROM orders WHERE id = ANY($1)"
+)
 
 _LIST_FIRST = (
     "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
@@ -47,6 +51,11 @@ _LIST_FIRST = (
 _LIST_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id < $2 ORDER BY id DESC LIMIT $1"
 _LIST_STATUS_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 ORDER BY id DESC LIMIT $1"
 _LIST_STATUS_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND id < $3 ORDER BY id DESC LIMIT $1"
+# One owner's orders (orders_owner_id_idx); the owner is always the last parameter.
+_LIST_OWNER_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE owner = $2 ORDER BY id DESC LIMIT $1"
+_LIST_OWNER_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id < $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
+_LIST_OWNER_STATUS_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
+_LIST_OWNER_STATUS_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND id < $3 AND owner = $4 ORDER BY id DESC LIMIT $1"
 
 _UPDATE = """
 WITH changed AS (
@@ -54,8 +63,8 @@ WITH changed AS (
     WHERE id = $1 AND version = $7
     RETURNING id
 ), new_event AS (
-    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
-    SELECT $8, $9, $1, $10::text::jsonb, $11, $12, $13 FROM changed
+    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
+    SELECT $8, $9, $1, $10::text::jsonb, $11, $12, $13, $14, $15 FROM changed
 )
 SELECT count(*) FROM changed
 """
@@ -72,10 +81,10 @@ WITH input AS (
     FROM input u WHERE o.id = u.id AND o.version = u.expected_version
     RETURNING o.id
 ), new_events AS (
-    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
-    SELECT e.event_id, e.event_type, e.order_id, e.payload::jsonb, e.request_id, e.traceparent, e.occurred_at
-    FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
-        AS e(event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
+    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
+    SELECT e.event_id, e.event_type, e.order_id, e.payload::jsonb, e.request_id, e.traceparent, e.occurred_at, e.owner, e.actor
+    FROM unnest($8::uuid[], $9::text[], $1::uuid[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[])
+        AS e(event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
     WHERE e.order_id IN (SELECT id FROM changed)
 )
 SELECT id FROM changed
@@ -85,18 +94,18 @@ _DELETE = """
 WITH gone AS (
     DELETE FROM orders WHERE id = $1 AND version = $2 RETURNING id
 ), new_event AS (
-    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at)
-    SELECT $3, $4, $1, $5::text::jsonb, $6, $7, $8 FROM gone
+    INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
+    SELECT $3, $4, $1, $5::text::jsonb, $6, $7, $8, $9, $10 FROM gone
 )
 SELECT count(*) FROM gone
 """
 
 _PURGE_CLAIMS = """
 WITH doomed AS (
-    SELECT key FROM idempotency_keys WHERE expires_at <= $1
+    SELECT owner, key FROM idempotency_keys WHERE expires_at <= $1
     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), purged AS (
-    DELETE FROM idempotency_keys k USING doomed WHERE k.key = doomed.key RETURNING 1
+    DELETE FROM idempotency_keys k USING doomed WHERE k.owner = doomed.owner AND k.key = doomed.key RETURNING 1
 )
 SELECT count(*) FROM purged
 """
@@ -127,11 +136,13 @@ def _event_params(event: OrderEvent) -> list[Any]:
         event.request_id,
         event.traceparent,
         event.occurred_at,
+        event.owner,
+        event.actor,
     ]
 
 
 def create_params(order: Order, event: OrderEvent) -> list[Any]:
-    """$1..$13 of _CREATE (and, as columns, of _CREATE_MANY)."""
+    """$1..$15 of _CREATE (and, as columns, of _CREATE_MANY)."""
     return [
         order.id,
         order.product,
@@ -160,7 +171,7 @@ def _update_params(order: Order, expected_version: int, event: OrderEvent) -> li
 class PostgresOrderStore:
     def __init__(self, db: Database, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 2) -> None:
         self._db = db
-        self._reads: Coalescer[uuid.UUID, Order | None] = Coalescer(
+        self._reads: Coalescer[uuid.UUID, tuple[Order, str] | None] = Coalescer(
             self._get_many, coalesce_max_batch, coalesce_max_in_flight
         )
         self._creates: Coalescer[tuple[Order, OrderEvent], None] = Coalescer(
@@ -176,9 +187,9 @@ class PostgresOrderStore:
     async def _create_keyed_many(self, batch: list[KeyedCreate]) -> list[Order | ExistingClaim]:
         return await create_keyed_many(self._db, batch)
 
-    async def _get_many(self, ids: list[uuid.UUID]) -> list[Order | None]:
+    async def _get_many(self, ids: list[uuid.UUID]) -> list[tuple[Order, str] | None]:
         rows = await self._db.fetch(_GET_MANY, [ids])
-        found = {order.id: order for order in map(_row_to_order, rows)}
+        found = {order.id: (order, row[7]) for order, row in zip(map(_row_to_order, rows), rows, strict=True)}
         return [found.get(order_id) for order_id in ids]
 
     async def _create_many(self, batch: list[tuple[Order, OrderEvent]]) -> list[None]:
@@ -186,7 +197,7 @@ class PostgresOrderStore:
             order, event = batch[0]
             await self._db.fetch(_CREATE, create_params(order, event))
             return [None]
-        columns: list[list[Any]] = [[] for _ in range(13)]
+        columns: list[list[Any]] = [[] for _ in range(15)]
         for order, event in batch:
             for column, value in zip(columns, create_params(order, event), strict=True):
                 column.append(value)
@@ -199,13 +210,17 @@ class PostgresOrderStore:
             return order
         return await self._keyed_creates.submit((order, event, claim, create_params(order, event)))
 
-    async def get(self, order_id: uuid.UUID) -> Order | None:
+    async def get(self, order_id: uuid.UUID) -> tuple[Order, str] | None:
         return await self._reads.submit(order_id)
 
-    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[tuple[Order, str] | None]:
         return await self._get_many(order_ids)
 
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
+    async def list_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
+    ) -> list[Order]:
+        if owner is not None:
+            return await self._list_owner_page(limit, before_id, status, owner)
         if status is None:
             if before_id is None:
                 rows = await self._db.fetch(_LIST_FIRST, [limit])
@@ -215,6 +230,20 @@ class PostgresOrderStore:
             rows = await self._db.fetch(_LIST_STATUS_FIRST, [limit, status.value])
         else:
             rows = await self._db.fetch(_LIST_STATUS_AFTER, [limit, status.value, before_id])
+        return [_row_to_order(row) for row in rows]
+
+    async def _list_owner_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str
+    ) -> list[Order]:
+        if status is None:
+            if before_id is None:
+                rows = await self._db.fetch(_LIST_OWNER_FIRST, [limit, owner])
+            else:
+                rows = await self._db.fetch(_LIST_OWNER_AFTER, [limit, before_id, owner])
+        elif before_id is None:
+            rows = await self._db.fetch(_LIST_OWNER_STATUS_FIRST, [limit, status.value, owner])
+        else:
+            rows = await self._db.fetch(_LIST_OWNER_STATUS_AFTER, [limit, status.value, before_id, owner])
         return [_row_to_order(row) for row in rows]
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
@@ -236,7 +265,7 @@ class PostgresOrderStore:
                 later.append(index)
             else:
                 first[order.id] = index
-        columns: list[list[Any]] = [[] for _ in range(13)]
+        columns: list[list[Any]] = [[] for _ in range(15)]
         for index in first.values():
             for column, value in zip(columns, _update_params(*batch[index]), strict=True):
                 column.append(value)

@@ -15,10 +15,10 @@ from psqlpy import exceptions as pg_errors
 
 from service.domain import StoreUnavailable
 from service.ports import OutboxBacklog, OutboxRecord
-from service.store.database import Database, is_unavailable
+from service.store.database import Database, is_unavailable, tls_options
 
 _OUTBOX_CLAIM = """
-SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at
+SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at, owner, actor
 FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 
@@ -98,6 +98,8 @@ class PostgresRelaySession:
                 request_id=row[5],
                 traceparent=row[6],
                 occurred_at=row[7],
+                owner=row[8],
+                actor=row[9],
             )
             for row in rows
         ]
@@ -116,8 +118,10 @@ class PostgresRelaySession:
             on_notify()
 
         try:
+            dsn, tls = tls_options(self._dsn)
             self._listener_pool = psqlpy.ConnectionPool(
-                dsn=self._dsn,
+                dsn=dsn,
+                **tls,
                 max_db_pool_size=2,
                 connect_timeout_sec=3,
                 application_name=f"{self._application_name}-listen",
@@ -158,7 +162,8 @@ class PostgresOutbox:
     @asynccontextmanager
     async def relay_session(self) -> AsyncIterator[PostgresRelaySession]:
         try:
-            conn = await psqlpy.connect(dsn=self._dsn, connect_timeout_sec=3, application_name=self._application_name)
+            dsn, tls = tls_options(self._dsn)
+            conn = await psqlpy.connect(dsn=dsn, **tls, connect_timeout_sec=3, application_name=self._application_name)
         except pg_errors.Error as exc:
             raise _pg_failure(exc) from exc
         session = PostgresRelaySession(conn, self._dsn, self._application_name, keep_published=self._retention > 0)

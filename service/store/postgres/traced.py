@@ -55,18 +55,20 @@ class TracedPostgresOrderStore(PostgresOrderStore):
             span.set_attribute("orders.idempotency_key", True)
             return await self._keyed_creates.submit((order, event, claim, create_params(order, event)), span)
 
-    async def get(self, order_id: uuid.UUID) -> Order | None:
+    async def get(self, order_id: uuid.UUID) -> tuple[Order, str] | None:
         with self._span(_SPAN_SELECT) as span:
             return await self._reads.submit(order_id, span)
 
-    async def get_many(self, order_ids: list[uuid.UUID]) -> list[Order | None]:
+    async def get_many(self, order_ids: list[uuid.UUID]) -> list[tuple[Order, str] | None]:
         with self._span(_SPAN_SELECT) as span:
             span.set_attribute(BATCH_SIZE, len(order_ids))
             return await super().get_many(order_ids)
 
-    async def list_page(self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None) -> list[Order]:
+    async def list_page(
+        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
+    ) -> list[Order]:
         with self._span(_SPAN_SELECT):
-            return await super().list_page(limit, before_id, status)
+            return await super().list_page(limit, before_id, status, owner)
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         with self._span(_SPAN_UPDATE) as span:
