@@ -36,6 +36,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int = 10
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 5.0  # 0: no limit
+    db_max_waiting: int = 0  # requests queued for a connection before the next is shed; 0: 4 x pool
+    http_backpressure: int = 256  # requests in flight per granian worker before it stops reading more
+    grpc_max_concurrent_rpcs: int = 256  # calls in flight per gRPC process; beyond: RESOURCE_EXHAUSTED
+    grpc_reflection: bool = True
+    rate_limit_rps: float = 0.0  # per client address; 0: off
+    rate_limit_burst: int = 0  # 0: max(1, 2 x RATE_LIMIT_RPS)
+    worker_heartbeat_timeout: float = 30.0
+    heartbeat_dir: str | None = None  # None: a fresh directory per `serve`
     log_level: str = "INFO"
     shutdown_timeout: float = 25.0
     migrate_on_start: bool = True
@@ -189,6 +197,14 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "DB_POOL_SIZE": ("db_pool_size", _int(2, 200)),
     "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _float(0.01, 60.0)),
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _float(0.0, 3600.0)),
+    "DB_MAX_WAITING": ("db_max_waiting", _int(0, 100_000)),
+    "HTTP_BACKPRESSURE": ("http_backpressure", _int(1, 100_000)),
+    "GRPC_MAX_CONCURRENT_RPCS": ("grpc_max_concurrent_rpcs", _int(1, 100_000)),
+    "GRPC_REFLECTION": ("grpc_reflection", _bool),
+    "RATE_LIMIT_RPS": ("rate_limit_rps", _float(0.0, 1_000_000.0)),
+    "RATE_LIMIT_BURST": ("rate_limit_burst", _int(0, 1_000_000)),
+    "WORKER_HEARTBEAT_TIMEOUT": ("worker_heartbeat_timeout", _float(2.0, 3600.0)),
+    "HEARTBEAT_DIR": ("heartbeat_dir", _text),
     "LOG_LEVEL": ("log_level", _log_level),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float(0.1, 3600.0)),
     "MIGRATE_ON_START": ("migrate_on_start", _bool),

@@ -123,3 +123,8 @@ class IdempotencyKeyReused(DomainError):
 
 class StoreUnavailable(Exception):
     """The order store cannot be reached (raised by adapters, mapped to 503/UNAVAILABLE)."""
+
+
+class StoreOverloaded(StoreUnavailable):
+    """More requests wait for a database connection than this process can serve soon: the request
+    is refused at once (503 / RESOURCE_EXHAUSTED) instead of joining the queue."""

@@ -35,10 +35,12 @@ async def run(settings: Settings) -> int:
     await server.start()
     log.info("gRPC listening", extra={"address": address, "port": port})
     publish_periodically(loop, PoolGauges("grpc", resources.db.stats))
+    monitor = asyncio.create_task(resources.dependencies.run())  # what the health watcher reads
     watcher = asyncio.create_task(server.watch_health())
     await stop.wait()
     log.info("gRPC shutting down", extra={"grace_s": settings.shutdown_timeout})
     watcher.cancel()
+    monitor.cancel()
     await server.stop(grace=settings.shutdown_timeout)
     await resources.aclose()
     log.info("gRPC stopped")

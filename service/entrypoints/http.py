@@ -23,6 +23,7 @@ class HttpWorker:
     def __init__(self) -> None:
         self.api: RestApi | None = None
         self._resources: Resources | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
         settings = load_settings()
@@ -30,9 +31,13 @@ class HttpWorker:
         self._resources = Resources(settings, role="http")
         self.api = build_rest_api(settings, self._resources)
         publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
+        self._monitor = loop.create_task(self._resources.dependencies.run())  # what /ready reads
         return self.api
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
         if self._resources is not None:
             self._resources.close_sync()
             self._resources = None
@@ -66,6 +71,7 @@ def serve_granian(settings: Settings, target: str, interface: str, factory: bool
         workers=settings.http_workers,
         loop=Loops.uvloop,
         backlog=2048,
+        backpressure=settings.http_backpressure,
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
         log_enabled=True,

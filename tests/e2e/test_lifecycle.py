@@ -12,6 +12,7 @@ import psqlpy
 
 from benchmarks.processes import children
 from tests.conftest import IsolatedSchema
+from tests.e2e.test_rest_api import settled_ready
 
 
 def _running(pid: int) -> bool:
@@ -107,7 +108,8 @@ def test_killed_role_process_is_restarted_by_the_supervisor(start_service) -> No
 def test_serve_on_a_machine_without_postgres_or_redis_uses_embedded_servers(start_service, tmp_path) -> None:  # type: ignore[no-untyped-def]
     service = start_service(ORDERS_EMBEDDED="1", DATA_DIR=str(tmp_path / "data"))
     with httpx.Client(base_url=service.base_url, timeout=10) as client:
-        assert client.get("/ready").json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+        ready = settled_ready(client, 200)
+        assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
         order = client.post("/orders", json={"product": "offline", "quantity": 1}).json()
         assert client.get(f"/orders/{order['id']}").status_code == 200
     assert "embedded servers started" in service.logs()
