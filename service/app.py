@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from service.cursor import CursorCodec
 from service.domain import StoreUnavailable
 from service.events.consumer import Consumer
+from service.events.heartbeat import no_beat
 from service.events.metrics import EventsMetrics
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
@@ -133,7 +135,7 @@ def build_outbox(settings: Settings, resources: Resources) -> PostgresOutbox:
     return PostgresOutbox(resources.db, settings.database_url or DEFAULT_DATABASE_URL)
 
 
-def build_relay(settings: Settings, resources: Resources) -> Relay:
+def build_relay(settings: Settings, resources: Resources, beat: Callable[[], None] = no_beat) -> Relay:
     return Relay(
         build_outbox(settings, resources),
         RedisStreamPublisher(
@@ -141,10 +143,13 @@ def build_relay(settings: Settings, resources: Resources) -> Relay:
         ),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
+        beat=beat,
     )
 
 
-def build_consumer(settings: Settings, resources: Resources, service: OrderService) -> Consumer:
+def build_consumer(
+    settings: Settings, resources: Resources, service: OrderService, beat: Callable[[], None] = no_beat
+) -> Consumer:
     return Consumer(
         service,
         resources.redis,
@@ -154,6 +159,7 @@ def build_consumer(settings: Settings, resources: Resources, service: OrderServi
         retry_backoff_ms=settings.retry_backoff_ms,
         dlq_maxlen=settings.stream_maxlen,
         tracer=resources.tracer,
+        beat=beat,
     )
 
 

@@ -68,6 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otel_service_name: str = "orders-service"
     # Not operator settings (see _INTERNAL_PARSERS): set by the supervisor, or developer switches.
     prometheus_multiproc_dir: str | None = None
+    heartbeat_file: str | None = None  # this worker process's heartbeat file
     py_spy: str | None = None  # None: the py-spy beside the interpreter, else on PATH
     force_embedded: bool = False
 
@@ -227,10 +228,12 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 # Read here too, so that no other module reads the environment, but neither documented nor
-# deployed: the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children; PY_SPY (a py-spy binary)
+# deployed: the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children (and
+# ORDERS_HEARTBEAT_FILE for each worker process); PY_SPY (a py-spy binary)
 # and ORDERS_EMBEDDED (embedded servers even where local ones answer) are for development and tests.
 _INTERNAL_PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _text),
+    "ORDERS_HEARTBEAT_FILE": ("heartbeat_file", _text),
     "PY_SPY": ("py_spy", _text),
     "ORDERS_EMBEDDED": ("force_embedded", _one_or_true),
 }

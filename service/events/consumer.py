@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from service.domain import EventType, StoreUnavailable
+from service.events.heartbeat import no_beat
 from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
 from service.observability.logging import request_id_var
 from service.observability.tracing import NO_TRACER, Tracer
@@ -76,7 +77,10 @@ class Consumer:
         dlq_maxlen: int | None = None,
         name: str | None = None,
         tracer: Tracer = NO_TRACER,
+        beat: Callable[[], None] = no_beat,
     ) -> None:
+        """`beat`: called on every turn of the consumer's loops (worker liveness)."""
+        self._beat = beat
         self._service = service
         self._tracer = tracer
         self._redis = redis
@@ -100,6 +104,7 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entries in hand are finished before returning."""
         while not stop.is_set():
+            self._beat()
             try:
                 if not self._group_ready:
                     await self.ensure_group()
@@ -228,6 +233,7 @@ class Consumer:
                     if stop.is_set():
                         return False  # stays pending; taken over after CLAIM_IDLE_MS
                     await sleep_unless(stop, self._pg_streak.failed(exc))
+                    self._beat()  # waiting for PostgreSQL is not hanging
                     await self._keep_claimed(entry)
                     continue
                 except Exception as exc:

@@ -23,6 +23,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the delivery files (dev extra)")
 
+from service.cli import build_parser  # noqa: E402
 from service.config import ENV_VARIABLES, ConfigError, load_settings  # noqa: E402
 from service.http.openapi import build_openapi  # noqa: E402
 
@@ -489,6 +490,9 @@ def test_worker_has_no_network_probe(manifests: list[dict[str, Any]]) -> None:
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         spec = container.get(probe, {})
         assert not {"httpGet", "grpc", "tcpSocket"} & set(spec), "the worker role listens on no port"
+    assert container["livenessProbe"]["exec"]["command"] == ["orders-service", "worker-alive"]
+    assert build_parser().parse_args(["worker-alive"]).func.__name__ == "cmd_worker_alive"
+    assert config_env(manifests)["HEARTBEAT_DIR"].startswith("/tmp/")  # the writable emptyDir
     assert "ports" not in container
 
 
