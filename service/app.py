@@ -10,7 +10,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.clock import SystemClock, UuidV7Source
-from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
+from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, cursor_keys
 from service.cursor import CursorCodec
 from service.domain import StoreUnavailable
 from service.events.consumer import Consumer
@@ -122,7 +122,7 @@ def build_service(settings: Settings, db: Database, tracer: Tracer = NO_TRACER) 
         store,
         SystemClock(),
         UuidV7Source(),
-        CursorCodec(settings.cursor_secret.encode()),
+        CursorCodec(*cursor_keys(settings)),
         idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
     )
 

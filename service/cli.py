@@ -11,7 +11,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.config import DEFAULT_DATABASE_URL, ROLES, ConfigError, Settings, load_settings, redact_url
+from service.config import (
+    DEFAULT_DATABASE_URL,
+    ROLES,
+    ConfigError,
+    Settings,
+    cursor_keys,
+    load_settings,
+    redact_url,
+)
 
 log = logging.getLogger("orders.cli")
 
@@ -71,6 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"orders-service: {exc}", file=sys.stderr)
             return 2
     settings = _settings_or_exit(**overrides)
+    try:
+        cursor_keys(settings)  # fail at start, not at the first page; makes the local key once
+    except ConfigError as exc:
+        print(f"orders-service: configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, role="supervisor")
     settings, services = _resolve_dependencies(settings)
     log.info(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,7 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     migrate_on_start: bool = True
     roles: tuple[str, ...] = ROLES
     idempotency_ttl_seconds: int = 86400
-    cursor_secret: str = "orders-service-cursor-v1"  # noqa: S105 - tamper check, not a secret
+    # Comma-separated keys, each >= 32 bytes: the first signs page cursors, all verify (rotation).
+    # None: a key generated once under DATA_DIR (local use), unless REQUIRE_CURSOR_SECRET.
+    cursor_secret: str | None = None
+    require_cursor_secret: bool = False  # the image sets it: a deployment must bring its own key
     data_dir: str = ".data"
     max_body_bytes: int = 64 * 1024
     # events (outbox relay + stream consumer, the worker role)
@@ -176,6 +182,47 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+CURSOR_KEY_MIN_BYTES = 32
+CURSOR_SECRET_FILE = "cursor-secret"  # noqa: S105 - a file name, not a secret
+
+
+def _cursor_secret(name: str, raw: str) -> str:
+    keys = [key.strip() for key in raw.split(",")]
+    for index, key in enumerate(keys):
+        size = len(key.encode())
+        if size < CURSOR_KEY_MIN_BYTES:
+            which = f"key {index + 1} of {len(keys)}" if len(keys) > 1 else "it"
+            raise ConfigError(
+                f"{name}: {which} is {size} bytes; each comma-separated key must be at least "
+                f"{CURSOR_KEY_MIN_BYTES} bytes (e.g. `openssl rand -base64 48`)"
+            )
+    return ",".join(keys)
+
+
+def cursor_keys(settings: Settings) -> list[bytes]:
+    """The page-cursor keys, signing key first: CURSOR_SECRET's, else (locally) the key kept in
+    DATA_DIR/cursor-secret, generated on first use. ConfigError when the key must be given."""
+    if settings.cursor_secret is not None:
+        return [key.encode() for key in settings.cursor_secret.split(",")]
+    if settings.require_cursor_secret:
+        raise ConfigError(
+            "CURSOR_SECRET is required (REQUIRE_CURSOR_SECRET is set): give one or more keys of 32+ bytes"
+        )
+    path = Path(settings.data_dir) / CURSOR_SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"CURSOR_SECRET is unset and {path} cannot be created or read ({exc.strerror})") from None
+    if len(key.encode()) < CURSOR_KEY_MIN_BYTES:
+        raise ConfigError(f"CURSOR_SECRET is unset and {path} holds a key shorter than {CURSOR_KEY_MIN_BYTES} bytes")
+    return [key.encode()]
+
+
 def _port(name: str, raw: str) -> int:
     return _int(0, 65535)(name, raw)
 
@@ -211,7 +258,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MIGRATE_ON_START": ("migrate_on_start", _bool),
     "ROLES": ("roles", _roles),
     "IDEMPOTENCY_TTL": ("idempotency_ttl_seconds", _int(1, 30 * 86400)),
-    "CURSOR_SECRET": ("cursor_secret", _text),
+    "CURSOR_SECRET": ("cursor_secret", _cursor_secret),
+    "REQUIRE_CURSOR_SECRET": ("require_cursor_secret", _bool),
     "DATA_DIR": ("data_dir", _text),
     "EVENTS_STREAM": ("events_stream", _text),
     "STREAM_MAXLEN": ("stream_maxlen", _int(1000, 2**62)),
@@ -239,6 +287,8 @@ _INTERNAL_PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)
+# Set but empty is a mistake here, not "use the default": a secret must never fall back silently.
+_EMPTY_IS_AN_ERROR = frozenset(("CURSOR_SECRET",))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -247,7 +297,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     values: dict[str, object] = {}
     for variable, (field, parse) in (_PARSERS | _INTERNAL_PARSERS).items():
         raw = env.get(variable)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and variable not in _EMPTY_IS_AN_ERROR):
             continue
         values[field] = parse(variable, raw)
     if "http_workers" not in values:

@@ -24,7 +24,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the delivery files (dev extra)")
 
 from service.cli import build_parser  # noqa: E402
-from service.config import ENV_VARIABLES, ConfigError, load_settings  # noqa: E402
+from service.config import ENV_VARIABLES, ConfigError, cursor_keys, load_settings  # noqa: E402
 from service.http.openapi import build_openapi  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,7 @@ INTENTIONALLY_DEFAULTED = {
     "COALESCE_MAX_BATCH": "a tuning knob for measurements; its default is what deployments want",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing is opt-in, and the image does not ship the `tracing` extra",
     "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
+    "REQUIRE_CURSOR_SECRET": "the image sets it (ENV in the Dockerfile): a deployment must bring CURSOR_SECRET",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the
@@ -206,7 +207,11 @@ def test_image_env_defaults(dockerfile: Any) -> None:
     assert env["ADMIN_BIND"] == "127.0.0.1"
     assert env.get("MIGRATE_ON_START") == "false"
     settings_env = {k: v for k, v in env.items() if k in ENV_VARIABLES}
-    load_settings(settings_env)
+    settings = load_settings(settings_env)
+    # The image defaults no secret: without CURSOR_SECRET, `serve` stops at start.
+    assert "CURSOR_SECRET" not in env
+    with pytest.raises(ConfigError, match=r"^CURSOR_SECRET is required"):
+        cursor_keys(settings)
 
 
 def test_dockerignore_keeps_build_inputs_and_drops_local_artefacts() -> None:
