@@ -8,8 +8,8 @@ DB_STATEMENT_TIMEOUT and answer the same. No request hangs; the queue is empty a
 the service serves normally as soon as the lock is gone.
 
 The outcomes are told apart by what the service answered, not by wall-clock bounds (which flaked
-on a loaded 2-core machine): the only time bound is a generous "nothing hung" one, and how fast
-a shed request is answered is measured by benchmarks/overload.py.
+on a loaded 2-core machine): the only time bound is a generous "nothing hung" one; how fast a
+shed request is answered is recorded as a figure (slowest_shed_s), not asserted.
 """
 
 from __future__ import annotations
