@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 5.0  # 0: no limit
     db_max_waiting: int = 0  # requests queued for a connection before the next is shed; 0: 4 x pool
-    http_backpressure: int = 256  # requests in flight per granian worker before it stops reading more
+    http_backpressure: int = 1024  # connections in flight per granian worker before it accepts no more
     grpc_max_concurrent_rpcs: int = 256  # calls in flight per gRPC process; beyond: RESOURCE_EXHAUSTED
     grpc_reflection: bool = True
     rate_limit_rps: float = 0.0  # per client address; 0: off
