@@ -125,6 +125,9 @@ COPY --from=venv /opt/venv /opt/venv
 # (AUTH_ISSUER, AUTH_AUDIENCE, AUTH_JWKS_URL or AUTH_JWKS_FILE); no key or secret is defaulted.
 # MIGRATE_ON_START=false: migrations are a deployment step (`orders-service migrate`: the
 # compose `migrate` service, the Kubernetes Job), not something every replica races to do.
+# REQUIRE_CURSOR_SECRET=true: the image never makes up a secret; `serve` stops without CURSOR_SECRET
+# (a switch, not sensitive data: hence the DL3064 exception).
+# hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -134,6 +137,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     GRPC_PORT=9090 \
     PPROF_PORT=6060 \
     MIGRATE_ON_START=false \
+    REQUIRE_CURSOR_SECRET=true \
     DATA_DIR=/tmp/orders-data \
     AUTH_MODE=jwt
 

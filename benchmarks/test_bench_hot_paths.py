@@ -30,7 +30,7 @@ encode = msgspec.json.Encoder().encode
 @pytest.fixture(scope="module")
 def api_and_order(run_async: LoopRunner) -> tuple[RestApi, Order]:
     service, _, _ = make_service()
-    api = RestApi(service, readiness_checks={}, json_endpoints={}, openapi_document=b"{}", max_body_bytes=65536)
+    api = RestApi(service, json_endpoints={}, openapi_document=b"{}", max_body_bytes=65536)
     order = run_async(service.create("bench", 1)).order
     for index in range(200):
         run_async(service.create(f"p{index}", 1))
@@ -89,7 +89,7 @@ def test_route_list_in_memory(benchmark, run_async) -> None:  # type: ignore[no-
     service, _, _ = make_service()
     for index in range(100):
         run_async(service.create(f"p{index}", 1))
-    api = RestApi(service, readiness_checks={}, json_endpoints={}, openapi_document=b"{}", max_body_bytes=65536)
+    api = RestApi(service, json_endpoints={}, openapi_document=b"{}", max_body_bytes=65536)
     request = HttpRequest("GET", "/orders", "limit=20", {})
     assert benchmark(lambda: run_async(api.handle(request))).status == 200
 

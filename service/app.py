@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -12,9 +13,11 @@ import redis.asyncio as aioredis
 from service.auth.keys import KeyRing, file_loader, load_keys, url_loader
 from service.auth.verifier import JwtAuthenticator
 from service.clock import SystemClock, UuidV7Source
-from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
+from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, cursor_keys
 from service.cursor import CursorCodec
+from service.domain import StoreUnavailable
 from service.events.consumer import Consumer
+from service.events.heartbeat import no_beat
 from service.events.metrics import EventsMetrics
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
@@ -22,9 +25,11 @@ from service.events.stream import StreamNames
 from service.events.watch import RedisChangeFeed
 from service.http.api import RestApi
 from service.http.openapi import openapi_bytes
-from service.observability.metrics import PrometheusMetrics
+from service.observability.metrics import PrometheusMetrics, dependency_gauge
+from service.observability.readiness import DependencyMonitor
 from service.observability.tracing import NO_TRACER, Tracer, TracingUnavailable, tracing_installed
 from service.orders import OrderService
+from service.ratelimit import RateLimiter
 from service.store.database import Database
 from service.store.postgres import PostgresOrderStore, PostgresOutbox, TracedPostgresOrderStore
 
@@ -66,6 +71,7 @@ class Resources:
             pool_size=settings.db_pool_size,
             acquire_timeout=settings.db_acquire_timeout,
             statement_timeout=settings.db_statement_timeout,
+            max_waiting=settings.db_max_waiting,
             application_name=f"orders-service-{role}",
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -76,6 +82,7 @@ class Resources:
         )
         # Watchers' change feed: its reader starts with the first watcher.
         self.changes = RedisChangeFeed(self.redis, settings.events_stream, buffer=settings.watch_buffer)
+        self.dependencies = build_dependency_monitor(self.db, self.redis, role)
         self._authenticator: JwtAuthenticator | None = None
         self._key_ring: KeyRing | None = None
 
@@ -128,6 +135,31 @@ class Resources:
             self.tracer.shutdown()
 
 
+# How often each process checks its dependencies in the background, and how long a check may take
+# (the probes read the outcome; Kubernetes' probe timeout is 2 s).
+DEPENDENCY_CHECK_INTERVAL = 1.0
+DEPENDENCY_CHECK_TIMEOUT = 1.0
+
+
+def build_dependency_monitor(db: Database, redis_client: aioredis.Redis, role: str) -> DependencyMonitor:
+    """PostgreSQL decides readiness (REST and gRPC never need Redis: writes go to the outbox);
+    Redis is checked and reported too. The PostgreSQL check never queues behind requests."""
+
+    async def check_postgres() -> None:
+        await db.probe(recent=2 * DEPENDENCY_CHECK_INTERVAL)
+
+    async def check_redis() -> None:
+        await redis_client.ping()
+
+    return DependencyMonitor(
+        {"postgres": check_postgres, "redis": check_redis},
+        required=("postgres",),
+        interval=DEPENDENCY_CHECK_INTERVAL,
+        timeout=DEPENDENCY_CHECK_TIMEOUT,
+        on_outcome=dependency_gauge(role),
+    )
+
+
 def build_service(
     settings: Settings, db: Database, tracer: Tracer = NO_TRACER, changes: RedisChangeFeed | None = None
 ) -> OrderService:
@@ -149,7 +181,7 @@ def build_service(
         store,
         SystemClock(),
         UuidV7Source(),
-        CursorCodec(settings.cursor_secret.encode()),
+        CursorCodec(*cursor_keys(settings)),
         idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
         changes=changes,
     )
@@ -165,7 +197,7 @@ def build_outbox(settings: Settings, resources: Resources) -> PostgresOutbox:
     )
 
 
-def build_relay(settings: Settings, resources: Resources) -> Relay:
+def build_relay(settings: Settings, resources: Resources, beat: Callable[[], None] = no_beat) -> Relay:
     return Relay(
         build_outbox(settings, resources),
         RedisStreamPublisher(
@@ -174,10 +206,13 @@ def build_relay(settings: Settings, resources: Resources) -> Relay:
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
         linger=settings.events_linger,
+        beat=beat,
     )
 
 
-def build_consumer(settings: Settings, resources: Resources, service: OrderService) -> Consumer:
+def build_consumer(
+    settings: Settings, resources: Resources, service: OrderService, beat: Callable[[], None] = no_beat
+) -> Consumer:
     return Consumer(
         service,
         resources.redis,
@@ -188,18 +223,13 @@ def build_consumer(settings: Settings, resources: Resources, service: OrderServi
         dlq_maxlen=settings.stream_maxlen,
         linger=settings.events_linger,
         tracer=resources.tracer,
+        beat=beat,
     )
 
 
 def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
     db = resources.db
     redis_client = resources.redis
-
-    async def check_postgres() -> None:
-        await db.ping()
-
-    async def check_redis() -> None:
-        await redis_client.ping()
 
     async def pool_figures() -> bytes:
         return msgspec.json.encode(db.stats())
@@ -208,7 +238,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
 
     return RestApi(
         build_service(settings, db, resources.tracer, resources.changes),
-        readiness_checks={"postgres": check_postgres, "redis": check_redis},
+        readiness=resources.dependencies,
         json_endpoints={
             "/metrics/db": pool_figures,
             "/metrics/events": events_metrics.json,
@@ -219,11 +249,22 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         tracer=resources.tracer,
         heartbeat_seconds=settings.watch_heartbeat,
         authenticator=resources.authenticator(),
+        # Keyed by client address (http.api.client_address); with authentication, key by owner.
+        rate_limiter=build_rate_limiter(settings),
     )
 
 
+def build_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """RATE_LIMIT_RPS per client, in bursts of RATE_LIMIT_BURST (default 2 s worth); None: off."""
+    rate = settings.rate_limit_rps
+    if rate <= 0:
+        return None
+    return RateLimiter(rate, settings.rate_limit_burst or max(1, round(2 * rate)))
+
+
 def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
-    """The gRPC server of the order service; SERVING while PostgreSQL answers."""
+    """The gRPC server of the order service; SERVING while PostgreSQL answered its last background
+    check (`resources.dependencies`, which the grpc role runs)."""
     # Imported here: the http and worker roles never load grpc.
     from service.grpc.server import GrpcServer
     from service.grpc.servicer import OrderServicer
@@ -234,4 +275,15 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
         metrics=PrometheusMetrics(),
         authenticator=resources.authenticator(),
     )
-    return GrpcServer(servicer, check=resources.db.ping)
+    dependencies = resources.dependencies
+
+    async def ready() -> None:
+        if not dependencies.snapshot()[0]:
+            raise StoreUnavailable("PostgreSQL did not answer the last background check")
+
+    return GrpcServer(
+        servicer,
+        check=ready,
+        max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        reflection_enabled=settings.grpc_reflection,
+    )

@@ -17,6 +17,7 @@ from service.config import (
     ConfigError,
     Settings,
     check_files,
+    cursor_keys,
     load_settings,
     redact_url,
 )
@@ -103,6 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"orders-service: {exc}", file=sys.stderr)
             return 2
     settings = _settings_or_exit(**overrides)
+    try:
+        cursor_keys(settings)  # fail at start, not at the first page; makes the local key once
+    except ConfigError as exc:
+        print(f"orders-service: configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, role="supervisor")
     _check_start(settings)
     settings, services = _resolve_dependencies(settings)
@@ -116,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
     )
     metrics_dir = None
+    own_heartbeat_dir = None
     try:
         if settings.migrate_on_start:
             _migrate(settings)
@@ -125,6 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env["DATABASE_URL"] = settings.database_url or ""
         env["REDIS_URL"] = settings.redis_url or ""
         env["ROLES"] = ",".join(settings.roles)
+        heartbeat_dir = settings.heartbeat_dir
+        if heartbeat_dir is None:
+            heartbeat_dir = own_heartbeat_dir = tempfile.mkdtemp(prefix="orders-heartbeat-")
+        Path(heartbeat_dir).mkdir(parents=True, exist_ok=True)
         counts = {
             "http": 1,
             "grpc": settings.grpc_workers,
@@ -135,12 +146,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         role_counts = {role: counts[role] for role in settings.roles if role in ROLE_RUNNERS}
         admin = (settings.admin_bind, settings.pprof_port) if settings.pprof_port else None
         supervisor = Supervisor(
-            role_counts, env, settings.shutdown_timeout, metrics_dir=metrics_dir, py_spy=settings.py_spy
+            role_counts,
+            env,
+            settings.shutdown_timeout,
+            metrics_dir=metrics_dir,
+            py_spy=settings.py_spy,
+            heartbeat_dir=heartbeat_dir,
+            heartbeat_timeout=settings.worker_heartbeat_timeout,
         )
         return supervisor.run(admin=admin)
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for directory in (metrics_dir, own_heartbeat_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
         if services is not None:
             services.stop()  # type: ignore[attr-defined]
 
@@ -184,6 +202,25 @@ def cmd_role(args: argparse.Namespace) -> int:
 
     log.info("role process starting", extra={"native": native.ACTIVE, "pid": os.getpid()})
     ROLE_RUNNERS[args.role](settings)
+    return 0
+
+
+def cmd_worker_alive(args: argparse.Namespace) -> int:
+    """Exit 0 when every worker heartbeat file in HEARTBEAT_DIR is fresh (the worker's liveness probe)."""
+    from service.events import heartbeat
+
+    settings = _settings_or_exit()
+    if settings.heartbeat_dir is None:
+        print("orders-service worker-alive: HEARTBEAT_DIR is not set", file=sys.stderr)
+        return 2
+    max_age = args.max_age if args.max_age is not None else 2 * settings.worker_heartbeat_timeout
+    files = sorted(Path(settings.heartbeat_dir).glob("worker-*.beat"))
+    ages = {path.name: heartbeat.age(path) for path in files}
+    stale = {name: age for name, age in ages.items() if age is None or age > max_age}
+    if not files or stale:
+        detail = ", ".join(f"{name} {age:.0f} s" for name, age in stale.items() if age is not None)
+        print(f"orders-service worker-alive: {detail or 'no heartbeat file'} (limit {max_age:.0f} s)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -258,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev_token.add_argument("--issuer", help="iss (default: AUTH_ISSUER, else orders-service-dev)")
     dev_token.add_argument("--audience", help="aud (default: AUTH_AUDIENCE, else orders-service)")
     dev_token.set_defaults(func=cmd_dev_token)
+    alive = commands.add_parser(
+        "worker-alive", help="exit 0 when the worker processes' heartbeats are fresh (liveness probe)"
+    )
+    alive.add_argument(
+        "--max-age", type=float, help="seconds a heartbeat may be old (default: 2 x WORKER_HEARTBEAT_TIMEOUT)"
+    )
+    alive.set_defaults(func=cmd_worker_alive)
     loadtest = commands.add_parser("loadtest", help="drive load at a running service (see --help)", add_help=False)
     loadtest.add_argument("loadtest_args", nargs=argparse.REMAINDER)
     loadtest.set_defaults(func=cmd_loadtest)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import ssl
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,12 +41,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int = 10
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 5.0  # 0: no limit
+    db_max_waiting: int = 0  # requests queued for a connection before the next is shed; 0: 4 x pool
+    http_backpressure: int = 1024  # connections in flight per granian worker before it accepts no more
+    grpc_max_concurrent_rpcs: int = 256  # calls in flight per gRPC process; beyond: RESOURCE_EXHAUSTED
+    grpc_reflection: bool = True
+    rate_limit_rps: float = 0.0  # per client address; 0: off
+    rate_limit_burst: int = 0  # 0: max(1, 2 x RATE_LIMIT_RPS)
+    worker_heartbeat_timeout: float = 30.0
+    heartbeat_dir: str | None = None  # None: a fresh directory per `serve`
     log_level: str = "INFO"
     shutdown_timeout: float = 25.0
     migrate_on_start: bool = True
     roles: tuple[str, ...] = ROLES
     idempotency_ttl_seconds: int = 86400
-    cursor_secret: str = "orders-service-cursor-v1"  # noqa: S105 - tamper check, not a secret
+    # Comma-separated keys, each >= 32 bytes: the first signs page cursors, all verify (rotation).
+    # None: a key generated once under DATA_DIR (local use), unless REQUIRE_CURSOR_SECRET.
+    cursor_secret: str | None = None
+    require_cursor_secret: bool = False  # the image sets it: a deployment must bring its own key
     data_dir: str = ".data"
     max_body_bytes: int = 64 * 1024
     # events (outbox relay + stream consumer, the worker role)
@@ -81,6 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_client_ca_file: str | None = None
     # Not operator settings (see _INTERNAL_PARSERS): set by the supervisor, or developer switches.
     prometheus_multiproc_dir: str | None = None
+    heartbeat_file: str | None = None  # this worker process's heartbeat file
     py_spy: str | None = None  # None: the py-spy beside the interpreter, else on PATH
     force_embedded: bool = False
 
@@ -195,6 +210,47 @@ def _auth_mode(name: str, raw: str) -> str:
     return mode
 
 
+CURSOR_KEY_MIN_BYTES = 32
+CURSOR_SECRET_FILE = "cursor-secret"  # noqa: S105 - a file name, not a secret
+
+
+def _cursor_secret(name: str, raw: str) -> str:
+    keys = [key.strip() for key in raw.split(",")]
+    for index, key in enumerate(keys):
+        size = len(key.encode())
+        if size < CURSOR_KEY_MIN_BYTES:
+            which = f"key {index + 1} of {len(keys)}" if len(keys) > 1 else "it"
+            raise ConfigError(
+                f"{name}: {which} is {size} bytes; each comma-separated key must be at least "
+                f"{CURSOR_KEY_MIN_BYTES} bytes (e.g. `openssl rand -base64 48`)"
+            )
+    return ",".join(keys)
+
+
+def cursor_keys(settings: Settings) -> list[bytes]:
+    """The page-cursor keys, signing key first: CURSOR_SECRET's, else (locally) the key kept in
+    DATA_DIR/cursor-secret, generated on first use. ConfigError when the key must be given."""
+    if settings.cursor_secret is not None:
+        return [key.encode() for key in settings.cursor_secret.split(",")]
+    if settings.require_cursor_secret:
+        raise ConfigError(
+            "CURSOR_SECRET is required (REQUIRE_CURSOR_SECRET is set): give one or more keys of 32+ bytes"
+        )
+    path = Path(settings.data_dir) / CURSOR_SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"CURSOR_SECRET is unset and {path} cannot be created or read ({exc.strerror})") from None
+    if len(key.encode()) < CURSOR_KEY_MIN_BYTES:
+        raise ConfigError(f"CURSOR_SECRET is unset and {path} holds a key shorter than {CURSOR_KEY_MIN_BYTES} bytes")
+    return [key.encode()]
+
+
 def _port(name: str, raw: str) -> int:
     return _int(0, 65535)(name, raw)
 
@@ -217,12 +273,21 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "DB_POOL_SIZE": ("db_pool_size", _int(2, 200)),
     "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _float(0.01, 60.0)),
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _float(0.0, 3600.0)),
+    "DB_MAX_WAITING": ("db_max_waiting", _int(0, 100_000)),
+    "HTTP_BACKPRESSURE": ("http_backpressure", _int(1, 100_000)),
+    "GRPC_MAX_CONCURRENT_RPCS": ("grpc_max_concurrent_rpcs", _int(1, 100_000)),
+    "GRPC_REFLECTION": ("grpc_reflection", _bool),
+    "RATE_LIMIT_RPS": ("rate_limit_rps", _float(0.0, 1_000_000.0)),
+    "RATE_LIMIT_BURST": ("rate_limit_burst", _int(0, 1_000_000)),
+    "WORKER_HEARTBEAT_TIMEOUT": ("worker_heartbeat_timeout", _float(2.0, 3600.0)),
+    "HEARTBEAT_DIR": ("heartbeat_dir", _text),
     "LOG_LEVEL": ("log_level", _log_level),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float(0.1, 3600.0)),
     "MIGRATE_ON_START": ("migrate_on_start", _bool),
     "ROLES": ("roles", _roles),
     "IDEMPOTENCY_TTL": ("idempotency_ttl_seconds", _int(1, 30 * 86400)),
-    "CURSOR_SECRET": ("cursor_secret", _text),
+    "CURSOR_SECRET": ("cursor_secret", _cursor_secret),
+    "REQUIRE_CURSOR_SECRET": ("require_cursor_secret", _bool),
     "DATA_DIR": ("data_dir", _text),
     "EVENTS_STREAM": ("events_stream", _text),
     "STREAM_MAXLEN": ("stream_maxlen", _int(1000, 2**62)),
@@ -255,15 +320,19 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 # Read here too, so that no other module reads the environment, but neither documented nor
-# deployed: the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children; PY_SPY (a py-spy binary)
+# deployed: the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children (and
+# ORDERS_HEARTBEAT_FILE for each worker process); PY_SPY (a py-spy binary)
 # and ORDERS_EMBEDDED (embedded servers even where local ones answer) are for development and tests.
 _INTERNAL_PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _text),
+    "ORDERS_HEARTBEAT_FILE": ("heartbeat_file", _text),
     "PY_SPY": ("py_spy", _text),
     "ORDERS_EMBEDDED": ("force_embedded", _one_or_true),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(_PARSERS)
+# Set but empty is a mistake here, not "use the default": a secret must never fall back silently.
+_EMPTY_IS_AN_ERROR = frozenset(("CURSOR_SECRET",))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -272,7 +341,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     values: dict[str, object] = {}
     for variable, (field, parse) in (_PARSERS | _INTERNAL_PARSERS).items():
         raw = env.get(variable)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and variable not in _EMPTY_IS_AN_ERROR):
             continue
         values[field] = parse(variable, raw)
     if "http_workers" not in values:

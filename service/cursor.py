@@ -14,11 +14,14 @@ _RAW_SIZE = len(_VERSION) + 16 + _TAG_SIZE
 
 
 class CursorCodec:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    """`key` signs new cursors; it and every key in `previous` verify them (key rotation)."""
 
-    def _tag(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(payload, digest_size=_TAG_SIZE, key=self._key).digest()
+    def __init__(self, key: bytes, *previous: bytes) -> None:
+        self._key = key
+        self._keys = (key, *previous)
+
+    def _tag(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hashlib.blake2b(payload, digest_size=_TAG_SIZE, key=self._key if key is None else key).digest()
 
     def encode(self, last_id: uuid.UUID) -> str:
         payload = _VERSION + last_id.bytes
@@ -39,6 +42,6 @@ class CursorCodec:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != cursor:
             return None
         payload, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
-        if not hmac.compare_digest(tag, self._tag(payload)):
+        if not any(hmac.compare_digest(tag, self._tag(payload, key)) for key in self._keys):
             return None
         return uuid.UUID(bytes=payload[1:])

@@ -185,3 +185,8 @@ class WatcherTooSlow(DomainError):
 
 class ChangesUnavailable(Exception):
     """The change feed (the events stream) cannot be reached, or is shutting down (503/UNAVAILABLE)."""
+
+
+class StoreOverloaded(StoreUnavailable):
+    """More requests wait for a database connection than this process can serve soon: the request
+    is refused at once (503 / RESOURCE_EXHAUSTED) instead of joining the queue."""

@@ -238,6 +238,7 @@ class PoolStats(msgspec.Struct, frozen=True):
     waiting: int
     waits_total: int
     acquire_timeouts_total: int
+    shed_total: int = 0  # requests refused at once: too many were already waiting
 
 
 class Authenticator(Protocol):

@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from service.events import heartbeat
 from service.observability.admin import AdminServer, ProcessInfo, Profiler, children_of, started_at
 from service.observability.metrics import mark_process_dead
 
@@ -45,9 +47,15 @@ class Supervisor:
         *,
         metrics_dir: str | None = None,
         py_spy: str | None = None,
+        heartbeat_dir: str | None = None,
+        heartbeat_timeout: float = 30.0,
     ) -> None:
-        """`metrics_dir`: the children's PROMETHEUS_MULTIPROC_DIR; `py_spy`: Settings.py_spy."""
+        """`metrics_dir`: the children's PROMETHEUS_MULTIPROC_DIR; `py_spy`: Settings.py_spy;
+        `heartbeat_dir`: where worker processes keep their heartbeat files (None: not watched);
+        a worker whose file is older than `heartbeat_timeout` seconds is killed and restarted."""
         self._env = dict(env)
+        self._heartbeat_dir = Path(heartbeat_dir) if heartbeat_dir is not None else None
+        self._heartbeat_timeout = heartbeat_timeout
         self._shutdown_timeout = shutdown_timeout
         self._metrics_dir = metrics_dir
         self._py_spy = py_spy
@@ -55,11 +63,21 @@ class Supervisor:
         self._started_at = time.time()
         self.children = [RoleProcess(role, index) for role, count in role_counts.items() for index in range(count)]
 
+    def heartbeat_file(self, child: RoleProcess) -> Path | None:
+        if child.role != "worker" or self._heartbeat_dir is None:
+            return None
+        return self._heartbeat_dir / f"{child.name}.beat"
+
     def _start(self, child: RoleProcess) -> None:
+        env = self._env
+        beat_file = self.heartbeat_file(child)
+        if beat_file is not None:
+            beat_file.unlink(missing_ok=True)  # the predecessor's, not this process's
+            env = {**env, "ORDERS_HEARTBEAT_FILE": str(beat_file)}
         # Its own process group, so that the role's own children (granian workers) can be
         # cleaned up with it if the role process dies.
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "role", child.role], env=self._env, start_new_session=True
+            [sys.executable, "-m", "service", "role", child.role], env=env, start_new_session=True
         )
         child.started_at = time.monotonic()
         log.info("role process started", extra={"child": child.name, "pid": child.process.pid})
@@ -109,6 +127,7 @@ class Supervisor:
                 continue
             code = process.poll()
             if code is None:
+                self._kill_if_hung(child, process, now)
                 continue
             child.restarts += 1
             child.history.append(code)
@@ -124,6 +143,23 @@ class Supervisor:
             )
             child.process = None
             child.next_start_at = now + delay
+
+    def _kill_if_hung(self, child: RoleProcess, process: subprocess.Popen[bytes], now: float) -> None:
+        """SIGKILL a worker whose loops stopped beating (it is then restarted like a crashed one)."""
+        beat_file = self.heartbeat_file(child)
+        if beat_file is None:
+            return
+        silent = heartbeat.age(beat_file)
+        if silent is None:  # not written yet: count from the start
+            silent = now - child.started_at
+        if silent <= self._heartbeat_timeout:
+            return
+        log.error(
+            "worker heartbeat stopped; killing it",
+            extra={"child": child.name, "pid": process.pid, "silent_s": round(silent, 1)},
+        )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
     def _stop_all(self) -> int:
         running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]

@@ -41,12 +41,14 @@ async def run(settings: Settings) -> int:
     log.info("gRPC listening", extra={"address": address, "port": port, "tls": settings.tls_cert_file is not None})
     key_refresh = asyncio.create_task(resources.refresh_keys(), name="jwks-refresh")
     publish_periodically(loop, PoolGauges("grpc", resources.db.stats))
+    monitor = asyncio.create_task(resources.dependencies.run())  # what the health watcher reads
     watcher = asyncio.create_task(server.watch_health())
     await stop.wait()
     log.info("gRPC shutting down", extra={"grace_s": settings.shutdown_timeout})
     watcher.cancel()
     resources.changes.close()  # WatchOrders streams end (OK) after what they hold, so the grace is not spent on them
     key_refresh.cancel()
+    monitor.cancel()
     await server.stop(grace=settings.shutdown_timeout)
     await resources.aclose()
     log.info("gRPC stopped")

@@ -28,6 +28,7 @@ class HttpWorker:
         self.api: RestApi | None = None
         self._resources: Resources | None = None
         self._key_refresh: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> RestApi:
         settings = load_settings()
@@ -37,9 +38,13 @@ class HttpWorker:
         self._key_refresh = loop.create_task(self._resources.refresh_keys(), name="jwks-refresh")
         publish_periodically(loop, PoolGauges("http", self._resources.db.stats))
         end_on_shutdown(loop, self._resources.changes.close)
+        self._monitor = loop.create_task(self._resources.dependencies.run())  # what /ready reads
         return self.api
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            self._monitor = None
         if self._key_refresh is not None:
             self._key_refresh.cancel()
             self._key_refresh = None
@@ -94,6 +99,7 @@ def serve_granian(settings: Settings, target: str, interface: str, factory: bool
         workers=settings.http_workers,
         loop=Loops.uvloop,
         backlog=2048,
+        backpressure=settings.http_backpressure,
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, int(settings.shutdown_timeout)),
         log_enabled=True,

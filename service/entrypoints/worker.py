@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import uvloop
 
 from service.app import Resources, build_consumer, build_outbox, build_relay, build_service
 from service.config import Settings
+from service.events.heartbeat import Heartbeat, write_periodically
 from service.events.purge import purge_idempotency_keys, purge_published_events
 from service.observability.metrics import PoolGauges, publish_periodically
 
@@ -31,8 +33,9 @@ async def run(settings: Settings) -> int:
     publish_periodically(loop, PoolGauges("worker", resources.db.stats))
     try:
         service = build_service(settings, resources.db, resources.tracer)
-        relay = build_relay(settings, resources)
-        consumer = build_consumer(settings, resources, service)
+        heartbeat = Heartbeat(("relay", "consumer"))
+        relay = build_relay(settings, resources, heartbeat.beater("relay"))
+        consumer = build_consumer(settings, resources, service, heartbeat.beater("consumer"))
         log.info(
             "worker started",
             extra={"stream": settings.events_stream, "group": settings.consumer_group, "consumer": consumer.name},
@@ -46,6 +49,9 @@ async def run(settings: Settings) -> int:
             purge_every = min(settings.purge_interval, settings.outbox_retention)
             outbox = build_outbox(settings, resources)
             tasks.append(asyncio.create_task(purge_published_events(outbox, stop, purge_every), name="outbox-purge"))
+        if settings.heartbeat_file is not None:  # set by the supervisor for each worker process
+            beats = write_periodically(Path(settings.heartbeat_file), heartbeat, stop)
+            tasks.append(asyncio.create_task(beats, name="heartbeat"))
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
         if stopped not in done:  # a loop ended on its own: that is a bug; stop and let us be restarted

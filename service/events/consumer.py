@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from service.domain import SYSTEM, EventType, StoreUnavailable
+from service.events.heartbeat import no_beat
 from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
 from service.observability.logging import request_id_var
 from service.observability.tracing import NO_TRACER, Tracer
@@ -91,7 +92,10 @@ class Consumer:
         name: str | None = None,
         tracer: Tracer = NO_TRACER,
         linger: float = 0.0,
+        beat: Callable[[], None] = no_beat,
     ) -> None:
+        """`beat`: called on every turn of the consumer's loops (worker liveness)."""
+        self._beat = beat
         self._service = service
         self._linger = linger
         self._tracer = tracer
@@ -118,6 +122,7 @@ class Consumer:
         """Consume until `stop` is set; the entries in hand are finished before returning."""
         try:
             while not stop.is_set():
+                self._beat()
                 try:
                     if not self._group_ready:
                         await self.ensure_group()
@@ -323,6 +328,7 @@ class Consumer:
                     if stop.is_set():
                         return False  # stays pending; taken over after CLAIM_IDLE_MS
                     await sleep_unless(stop, self._pg_streak.failed(exc))
+                    self._beat()  # waiting for PostgreSQL is not hanging
                     await self._keep_claimed(entry)
                     continue
                 except Exception as exc:

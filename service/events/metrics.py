@@ -1,11 +1,13 @@
 """`GET /metrics/events`: outbox backlog, stream length, group pending and lag, DLQ length.
 
 Two round trips: one indexed PostgreSQL statement and one Redis pipeline. A side that cannot be
-reached reports nulls and an error instead of failing the whole answer.
+reached reports nulls and `"error": "unavailable"` instead of failing the whole answer; why it
+failed goes to the log only (exception text names internal hosts).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -14,6 +16,10 @@ from redis.exceptions import RedisError
 
 from service.events.stream import StreamNames
 from service.ports import Outbox
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "unavailable"
 
 
 class OutboxFigures(msgspec.Struct):
@@ -56,7 +62,8 @@ class EventsMetrics:
             outbox.backlog = backlog.unpublished
             outbox.oldest_unpublished_age_seconds = backlog.oldest_age_seconds
         except Exception as exc:
-            outbox.error = f"postgres: {exc}"
+            log.warning("events figures: PostgreSQL unavailable", extra={"error": repr(exc)})
+            outbox.error = UNAVAILABLE
         stream = StreamFigures(name=self._names.stream, group=self._names.group, dlq=self._names.dlq)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -76,7 +83,8 @@ class EventsMetrics:
                         lag = group.get("lag")
                         stream.lag = None if lag is None else int(lag)
         except (RedisError, OSError) as exc:
-            stream.error = f"redis: {exc}"
+            log.warning("events figures: Redis unavailable", extra={"error": repr(exc)})
+            stream.error = UNAVAILABLE
         return EventsFigures(outbox=outbox, stream=stream)
 
     async def json(self) -> bytes:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from service.domain import StoreUnavailable
+from service.events.heartbeat import no_beat
 from service.events.stream import FailureStreak, sleep_unless
 from service.ports import EventPublisher, Outbox, PublishFailed, RelaySession
 
@@ -32,8 +34,11 @@ class Relay:
         batch_size: int = 500,
         poll_interval: float = 1.0,
         linger: float = 0.0,
+        beat: Callable[[], None] = no_beat,
     ) -> None:
+        """`beat`: called on every turn of the relay's loops (worker liveness)."""
         self._linger = linger
+        self._beat = beat
         self._outbox = outbox
         self._publisher = publisher
         self._batch_size = batch_size
@@ -46,6 +51,7 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; the batch in hand is published and marked before returning."""
         while not stop.is_set():
+            self._beat()
             try:
                 async with self._outbox.relay_session() as session:
                     if not await self._become_active(session, stop):
@@ -72,6 +78,7 @@ class Relay:
     async def _become_active(self, session: RelaySession, stop: asyncio.Event) -> bool:
         standby_logged = False
         while not stop.is_set():
+            self._beat()
             if await session.try_lock():
                 return True
             self._postgres.succeeded()
@@ -83,6 +90,7 @@ class Relay:
 
     async def _pump(self, session: RelaySession, wake: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._beat()
             wake.clear()  # before the read: a notification during it means "read again"
             records = await session.claim_batch(self._batch_size)
             if records:

@@ -23,10 +23,22 @@ from service.grpc.servicer import OrderServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The largest valid request (an UpdateOrderRequest with a 255-character product of 4-byte UTF-8
+# characters) is about 1.1 KiB: 4 KiB leaves room and refuses anything bigger (RESOURCE_EXHAUSTED)
+# before it is buffered. Responses (a page of up to 1,000 orders) may be larger.
+MAX_RECEIVE_BYTES = 4 * 1024
+MAX_SEND_BYTES = 4 * 1024 * 1024
+# Connections are recycled (with a grace period for calls in flight) so that clients rebalance
+# over new pods, and idle ones are closed instead of holding server resources forever.
+MAX_CONNECTION_AGE_MS = 30 * 60 * 1000
+MAX_CONNECTION_AGE_GRACE_MS = 30 * 1000
+MAX_CONNECTION_IDLE_MS = 5 * 60 * 1000
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+    ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+    ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
     ("grpc.max_concurrent_streams", 256),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -88,24 +100,33 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 
 class GrpcServer:
-    """A grpc.aio server with the order service, health and reflection registered.
+    """A grpc.aio server with the order service, health and (optionally) reflection registered.
 
     Health is SERVING only while `check` (a readiness check) succeeds, polled by `watch_health`.
+    Beyond `max_concurrent_rpcs` calls in flight, a new call answers RESOURCE_EXHAUSTED at once.
     """
 
-    def __init__(self, servicer: OrderServicer, check: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        servicer: OrderServicer,
+        check: Callable[[], Awaitable[None]],
+        *,
+        max_concurrent_rpcs: int | None = None,
+        reflection_enabled: bool = True,
+    ) -> None:
         self._check = check
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_concurrent_rpcs)
         registry = ParsingServer(self.server)  # request bytes that do not parse answer INVALID_ARGUMENT
         orders_pb2_grpc.add_OrderServiceServicer_to_server(servicer, registry)  # type: ignore[no-untyped-call]
         self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # what enable_server_reflection does on grpc.aio
-            reflection.aio.ReflectionServicer(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-            ),
-            registry,
-        )
+        if reflection_enabled:  # what enable_server_reflection does, on grpc.aio
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(
+                    (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+                ),
+                registry,
+            )
 
     def add_port(
         self,

@@ -16,6 +16,7 @@ from service.domain import (
     InvalidTransition,
     OrderNotFound,
     PermissionDenied,
+    StoreOverloaded,
     StoreUnavailable,
     Unauthenticated,
     ValidationFailed,
@@ -50,6 +51,8 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         return rpc_status.to_status(
             status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
         )
+    if isinstance(exc, StoreOverloaded):  # shed at once: not logged per call
+        return _plain(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls are waiting for the database; retry later")
     if isinstance(exc, StoreUnavailable):
         log.warning("database unavailable: %s", exc)
         return _plain(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")

@@ -6,7 +6,6 @@ request into `HttpRequest` and `HttpResponse` back; no rule or error mapping liv
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -16,21 +15,30 @@ import msgspec
 
 from service.domain import ANONYMOUS, SCOPE_ADMIN, Order, Principal
 from service.http import sse
-from service.http.problems import PROBLEM_CONTENT_TYPE, HttpError, bad_request, decode_error, problem_for
+from service.http.problems import (
+    PROBLEM_CONTENT_TYPE,
+    HttpError,
+    bad_request,
+    decode_error,
+    problem_for,
+    retry_after,
+)
 from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrderBody
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
+from service.observability.readiness import ALWAYS_READY
 from service.observability.tracing import NO_TRACER, Tracer
 from service.orders import OrderService, RequestContext, require
 from service.ports import Authenticator, ChangeSubscription
+from service.ratelimit import RateLimiter
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 _decode_create = msgspec.json.Decoder(CreateOrderBody).decode
 _decode_update = msgspec.json.Decoder(UpdateOrderBody).decode
 _HEALTH_BODY = _encode(Health(status="ok"))
-# Span names and http.request.method take a known method, else "_OTHER" (OpenTelemetry semantic
-# conventions): a client must not be able to mint span names.
-_TRACED_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"))
+# Span names, metric labels and access lines take a known method, else "_OTHER" (OpenTelemetry
+# semantic conventions): a client must not be able to mint span names or metric series.
+_KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"))
 
 
 class Headers(Protocol):
@@ -44,6 +52,7 @@ class HttpRequest(msgspec.Struct):
     headers: Headers | Mapping[str, str]
     body: bytes = b""
     body_too_large: bool = False
+    client: str = ""  # the peer's address, without its port (the rate limit's key)
 
 
 class HttpResponse(msgspec.Struct):
@@ -67,11 +76,24 @@ class HttpMetrics(CallMetrics, Protocol):
         ...
 
 
+class ReadinessState(Protocol):
+    def snapshot(self) -> tuple[bool, dict[str, str]]:
+        """Ready or not, and each dependency's last known state (refreshed in the background)."""
+        ...
+
+
 Handler = Callable[["HttpRequest", str, str, Principal], Awaitable["HttpResponse"]]
 # Open without a token; every other route authenticates before anything is decoded.
 OPEN_PATHS = frozenset(("/health", "/ready", "/openapi.json"))
-ReadinessCheck = Callable[[], Awaitable[None]]
 JsonSource = Callable[[], Awaitable[bytes]]
+RateLimitKey = Callable[["HttpRequest"], str]
+# The API's own routes are rate limited; probes and metrics scrapes (from the node) are not.
+_LIMITED_ROUTES = frozenset(("/orders", "/orders/{id}"))
+
+
+def client_address(request: HttpRequest) -> str:
+    """The rate limit's key while there is no authentication (with it, the caller's owner)."""
+    return request.client
 
 
 def parse_if_match(raw: str | None) -> int | None:
@@ -100,25 +122,27 @@ class RestApi:
         self,
         service: OrderService,
         *,
-        readiness_checks: Mapping[str, ReadinessCheck],
+        readiness: ReadinessState = ALWAYS_READY,
         json_endpoints: Mapping[str, JsonSource],
         openapi_document: bytes,
         max_body_bytes: int,
-        readiness_timeout: float = 2.0,
         metrics: HttpMetrics = NO_METRICS,
         tracer: Tracer = NO_TRACER,
         heartbeat_seconds: float = 15.0,
         authenticator: Authenticator | None = None,
+        rate_limiter: RateLimiter | None = None,
+        rate_limit_key: RateLimitKey = client_address,
     ) -> None:
         """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal."""
         self.service = service
         self._heartbeat = heartbeat_seconds
         self._frames = sse.ChangeFrames()
         self._auth = authenticator
+        self._limiter = rate_limiter
+        self._limit_key = rate_limit_key
         self.max_body_bytes = max_body_bytes
-        self._readiness_checks = dict(readiness_checks)
+        self._readiness = readiness
         self._openapi = openapi_document
-        self._readiness_timeout = readiness_timeout
         self._metrics = metrics
         self._calls = CallEnvelope(metrics, tracer)
         if self._calls.traced:  # off: `handle` stays the plain method, not a line of tracing on the path
@@ -139,6 +163,7 @@ class RestApi:
         started = time.perf_counter()
         request_id, token = enter(request.headers.get("x-request-id"))
         template, methods, param = self._match(request.path)
+        limit_headers: list[tuple[str, str]] | None = None
         try:
             try:
                 principal = ANONYMOUS
@@ -146,6 +171,10 @@ class RestApi:
                     principal = self._auth.authenticate(request.headers.get("authorization"))
                     if template in self._admin_paths:
                         require(principal, SCOPE_ADMIN)
+                if self._limiter is not None and template in _LIMITED_ROUTES:
+                    # Per owner when callers are authenticated, else per client address.
+                    key = principal.owner if self._auth is not None else self._limit_key(request)
+                    limit_headers = self._rate_limit(self._limiter, key)
                 handler = methods.get(request.method) if methods is not None else None
                 if handler is not None:
                     response = await handler(request, request_id, param, principal)
@@ -164,7 +193,10 @@ class RestApi:
                 status, headers, body = problem_for(exc, request_id)
                 response = HttpResponse(status, [("content-type", PROBLEM_CONTENT_TYPE), *headers], body)
             response.headers.append(("x-request-id", request_id))
-            self._calls.http_done(template, request.method, request.path, response.status, started)
+            if limit_headers is not None:
+                response.headers.extend(limit_headers)
+            method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
+            self._calls.http_done(template, method, request.path, response.status, started)
             return response
         finally:
             leave(token)
@@ -172,7 +204,7 @@ class RestApi:
     async def _handle_traced(self, request: HttpRequest) -> HttpResponse:
         """`handle` inside a SERVER span that continues the request's traceparent, if any."""
         template = self._match(request.path)[0]
-        method = request.method if request.method in _TRACED_METHODS else "_OTHER"
+        method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
         with self._calls.server_span(
             method if template == "unmatched" else f"{method} {template}",
             request.headers.get("traceparent"),
@@ -183,6 +215,20 @@ class RestApi:
             failure = f"HTTP {response.status}" if response.status >= 500 else None
             end_server_span(span, request_id, "http.response.status_code", response.status, failure)
             return response
+
+    def _rate_limit(self, limiter: RateLimiter, key: str) -> list[tuple[str, str]]:
+        """The RateLimit headers of an allowed request; a 429 carrying them otherwise."""
+        decision = limiter.take(key)
+        headers = [("ratelimit-policy", limiter.policy), ("ratelimit", limiter.header(decision))]
+        if decision.allowed:
+            return headers
+        raise HttpError(
+            429,
+            "rate-limited",
+            "Too many requests",
+            f"this client's rate limit is exhausted; retry in {decision.retry_after_seconds} s",
+            headers=[("retry-after", str(decision.retry_after_seconds)), *headers],
+        )
 
     def _match(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """Route template (never a raw id: it labels metrics), its handlers by method, path param."""
@@ -224,16 +270,17 @@ class RestApi:
                 "Request body too large",
                 f"the body must be at most {self.max_body_bytes} bytes",
             )
+        # Required, not assumed: a form or text/plain POST needs no CORS preflight, so taking a body
+        # without a type as JSON would let any web page create orders from a visitor's browser.
         content_type = request.headers.get("content-type")
-        if content_type:
-            media = content_type.split(";", 1)[0].strip().lower()
-            if media != JSON and not media.endswith("+json"):
-                raise HttpError(
-                    415,
-                    "unsupported-media-type",
-                    "Unsupported media type",
-                    "the body must be application/json",
-                )
+        media = content_type.split(";", 1)[0].strip().lower() if content_type else ""
+        if media != JSON and not media.endswith("+json"):
+            raise HttpError(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the body must be application/json (send Content-Type: application/json)",
+            )
         return request.body
 
     def _order_response(self, status: int, order: Order, extra: list[tuple[str, str]] | None = None) -> HttpResponse:
@@ -349,16 +396,9 @@ class RestApi:
         return HttpResponse(204, [])
 
     async def _ready(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
-        checks: dict[str, str] = {}
-        for name, check in self._readiness_checks.items():
-            try:
-                await asyncio.wait_for(check(), self._readiness_timeout)
-                checks[name] = "ok"
-            except Exception as exc:  # any failure of a dependency means "not ready"
-                checks[name] = f"failed: {type(exc).__name__}"
-        ok = all(v == "ok" for v in checks.values())
+        ok, checks = self._readiness.snapshot()
         body = _encode(Readiness(status="ok" if ok else "unavailable", checks=checks))
         headers = [("content-type", JSON)]
         if not ok:
-            headers.append(("retry-after", "1"))
+            headers.append(("retry-after", retry_after()))
         return HttpResponse(200 if ok else 503, headers, body)

@@ -305,7 +305,7 @@ def build_openapi(secured: bool = True) -> dict[str, Any]:
         "/ready": {
             "get": {
                 "operationId": "ready",
-                "summary": "Readiness: PostgreSQL and Redis answer",
+                "summary": "Readiness: PostgreSQL answers (Redis is reported, never fails it)",
                 "responses": {
                     "200": _json("Ready", _ref("Readiness")),
                     "503": _json("A dependency failed", _ref("Readiness"), _RETRY_AFTER),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 
 import msgspec
@@ -16,6 +17,7 @@ from service.domain import (
     InvalidTransition,
     OrderNotFound,
     PermissionDenied,
+    StoreOverloaded,
     StoreUnavailable,
     Unauthenticated,
     ValidationFailed,
@@ -32,6 +34,11 @@ _encode = msgspec.json.Encoder().encode
 _FIELD_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 _MISSING = "Object missing required field `"
 _UNKNOWN = "Object contains unknown field `"
+RETRY_AFTER_SECONDS = (1, 3)  # a jittered Retry-After spreads retries instead of bringing them back in step
+
+
+def retry_after() -> str:
+    return str(random.randint(*RETRY_AFTER_SECONDS))
 
 
 class HttpError(Exception):
@@ -117,6 +124,16 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
             exc.headers,
             _body(exc.status, exc.slug, exc.title, exc.detail, request_id, exc.violations),
         )
+    if isinstance(exc, StoreOverloaded):  # shed at once; logging each would be the next overload
+        body = _body(
+            503,
+            "overloaded",
+            "Service overloaded",
+            "too many requests are waiting for the database; retry later",
+            request_id,
+            None,
+        )
+        return 503, [("retry-after", retry_after())], body
     if isinstance(exc, StoreUnavailable):
         log.warning("database unavailable: %s", exc)
         body = _body(
@@ -127,12 +144,12 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
             request_id,
             None,
         )
-        return 503, [("retry-after", "1")], body
+        return 503, [("retry-after", retry_after())], body
     if isinstance(exc, ChangesUnavailable):
         log.warning("change feed unavailable: %s", exc)
         detail = "the change feed is unavailable; retry later"
         body = _body(503, "unavailable", "Service unavailable", detail, request_id, None)
-        return 503, [("retry-after", "1")], body
+        return 503, [("retry-after", retry_after())], body
     for kind, status, slug, title in _DOMAIN_STATUS:
         if isinstance(exc, kind):
             detail = exc.detail if isinstance(exc, DomainError) else title

@@ -40,6 +40,15 @@ POOL_WAITING = Gauge(
 )
 POOL_WAITS = Counter("orders_db_pool_waits_total", "Acquires that found no idle connection", ["role"])
 POOL_TIMEOUTS = Counter("orders_db_pool_acquire_timeouts_total", "Acquires that timed out", ["role"])
+POOL_SHED = Counter(
+    "orders_db_pool_shed_total", "Requests refused at once because too many waited for a connection", ["role"]
+)
+DEPENDENCY_UP = Gauge(
+    "orders_dependency_up",
+    "1 while this role's last background check of the dependency succeeded (lowest over processes)",
+    ["role", "dependency"],
+    multiprocess_mode="livemin",
+)
 
 ExtraMetrics = Callable[[], Awaitable[bytes]]
 
@@ -52,6 +61,7 @@ class PoolGauges:
         self._stats = stats
         self._waits_seen = 0
         self._timeouts_seen = 0
+        self._shed_seen = 0
 
     def publish(self) -> None:
         stats = self._stats()
@@ -61,8 +71,19 @@ class PoolGauges:
         POOL_WAITING.labels(self._role).set(stats.waiting)
         POOL_WAITS.labels(self._role).inc(stats.waits_total - self._waits_seen)
         POOL_TIMEOUTS.labels(self._role).inc(stats.acquire_timeouts_total - self._timeouts_seen)
+        POOL_SHED.labels(self._role).inc(stats.shed_total - self._shed_seen)
         self._waits_seen = stats.waits_total
         self._timeouts_seen = stats.acquire_timeouts_total
+        self._shed_seen = stats.shed_total
+
+
+def dependency_gauge(role: str) -> Callable[[str, bool], None]:
+    """Records a background check's outcome as `orders_dependency_up{role, dependency}`."""
+
+    def record(dependency: str, up: bool) -> None:
+        DEPENDENCY_UP.labels(role, dependency).set(1 if up else 0)
+
+    return record
 
 
 class PrometheusMetrics:

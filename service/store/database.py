@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import psqlpy
 from psqlpy import exceptions as pg_errors
 
-from service.domain import StoreUnavailable
+from service.domain import StoreOverloaded, StoreUnavailable
 from service.ports import PoolStats
 
 # psqlpy reports every failure as text only; these fragments mean "cannot talk to PostgreSQL",
@@ -107,6 +107,10 @@ class Database:
     currently waiting. `statement_timeout` (seconds, 0: none) bounds the time a request may hold
     a connection: PostgreSQL cancels a statement that runs or waits for a lock longer.
 
+    Load shedding: when `max_waiting` requests already wait for a connection, the next one is
+    refused at once (StoreOverloaded) instead of queueing for up to `acquire_timeout`; a client
+    told to come back soon does better than one kept waiting for a connection it may not get.
+
     A connection whose use succeeded is kept checked out, on this process's own idle stack, for
     the next request: a psqlpy pool checkout and return costs about as much CPU as the statement
     itself (~100 us on the 2-CPU box, benchmarks/RESULTS.md). One that failed in any way goes
@@ -125,9 +129,11 @@ class Database:
         pool_size: int,
         acquire_timeout: float,
         statement_timeout: float = 0.0,
+        max_waiting: int = 0,
         connect_timeout: int = 3,
         application_name: str = "orders-service",
     ) -> None:
+        """`max_waiting`: requests allowed to queue for a connection; 0: 4 x the pool size."""
         size = max(2, pool_size)
         plain_dsn, tls = tls_options(dsn)
         self._pool = psqlpy.ConnectionPool(
@@ -141,13 +147,19 @@ class Database:
         self.in_use = 0  # connections handed out (a held idle one is not in use)
         self._held: list[tuple[psqlpy.Connection, float]] = []  # (connection, monotonic time idle since)
         self._acquire_timeout = acquire_timeout
+        self._max_waiting = max_waiting or 4 * size
         self.waiting = 0
         self.waits_total = 0
         self.acquire_timeouts_total = 0
+        self.shed_total = 0
+        self._last_ok = -1e9  # monotonic time a connection was last used without error
 
     async def _acquire(self) -> psqlpy.Connection:
         """A permit, then a pooled connection, both within the acquire timeout."""
         if self._permits.locked():
+            if self.waiting >= self._max_waiting:
+                self.shed_total += 1
+                raise StoreOverloaded("too many requests waiting for a database connection")
             self.waits_total += 1
         try:
             async with asyncio.timeout(self._acquire_timeout):
@@ -201,7 +213,9 @@ class Database:
 
     def _release(self, conn: psqlpy.Connection, healthy: bool) -> None:
         if healthy:
-            self._held.append((conn, time.monotonic()))
+            now = time.monotonic()
+            self._last_ok = now
+            self._held.append((conn, now))
         else:
             conn.close()
         self.in_use -= 1
@@ -238,6 +252,19 @@ class Database:
     async def ping(self) -> None:
         await self.fetch("SELECT 1")
 
+    async def probe(self, recent: float = 2.0) -> None:
+        """Raise StoreUnavailable unless PostgreSQL answers, without ever queueing behind requests.
+
+        A connection used without error in the last `recent` seconds is proof enough (no query).
+        Otherwise a `SELECT 1` runs only if a connection is free right now; when every one is
+        taken and none has completed a statement for that long, the process cannot serve.
+        """
+        if time.monotonic() - self._last_ok < recent:
+            return
+        if self._permits.locked():
+            raise StoreUnavailable("every database connection is busy and none has completed recently")
+        await self.ping()
+
     def stats(self) -> PoolStats:
         status = self._pool.status()
         in_use = self.in_use
@@ -249,6 +276,7 @@ class Database:
             waiting=self.waiting,
             waits_total=self.waits_total,
             acquire_timeouts_total=self.acquire_timeouts_total,
+            shed_total=self.shed_total,
         )
 
     def close(self) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import psqlpy
+import pytest
 
 from benchmarks.processes import children
 from tests.conftest import IsolatedSchema
+from tests.e2e.test_rest_api import settled_ready
 
 
 def _running(pid: int) -> bool:
@@ -107,9 +111,33 @@ def test_killed_role_process_is_restarted_by_the_supervisor(start_service) -> No
 def test_serve_on_a_machine_without_postgres_or_redis_uses_embedded_servers(start_service, tmp_path) -> None:  # type: ignore[no-untyped-def]
     service = start_service(ORDERS_EMBEDDED="1", DATA_DIR=str(tmp_path / "data"))
     with httpx.Client(base_url=service.base_url, timeout=10) as client:
-        assert client.get("/ready").json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+        ready = settled_ready(client, 200)
+        assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
         order = client.post("/orders", json={"product": "offline", "quantity": 1}).json()
         assert client.get(f"/orders/{order['id']}").status_code == 200
     assert "embedded servers started" in service.logs()
     assert service.stop() == 0
     assert (tmp_path / "data" / "postgres").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CURSOR_SECRET": "too-short"}, "CURSOR_SECRET: it is 9 bytes"),
+        ({"CURSOR_SECRET": ""}, "CURSOR_SECRET: it is 0 bytes"),
+        ({"REQUIRE_CURSOR_SECRET": "true"}, "CURSOR_SECRET is required"),
+    ],
+)
+def test_serve_stops_at_start_without_a_usable_cursor_secret(env: dict[str, str], expected: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    clean = {k: v for k, v in os.environ.items() if k not in ("CURSOR_SECRET", "REQUIRE_CURSOR_SECRET")}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        env={**clean, "DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "too-short" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
 
 import httpx
@@ -19,6 +20,18 @@ JSON_HEADERS = {"content-type": "application/json"}
 def api(module_service: ServiceProcess) -> httpx.Client:
     with httpx.Client(base_url=module_service.base_url, timeout=10) as client:
         yield client  # type: ignore[misc]
+
+
+def settled_ready(client: httpx.Client, expect: int, timeout: float = 10.0) -> httpx.Response:
+    """`GET /ready` once it answers `expect` with every dependency checked: it reads state the
+    workers refresh in the background, "unknown" in a worker that has not checked yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/ready")
+        checked = "unknown" not in response.json()["checks"].values()
+        if (response.status_code == expect and checked) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
 
 
 def create(api: httpx.Client, product: str = "book", quantity: int = 1, **headers: str) -> httpx.Response:
@@ -103,6 +116,23 @@ def test_body_over_64_kib_is_413(api: httpx.Client) -> None:
 def test_non_json_content_type_is_415(api: httpx.Client) -> None:
     response = api.post("/orders", content="product=a&quantity=1", headers={"content-type": "text/plain"})
     assert_problem(response, 415)
+
+
+def test_a_body_without_content_type_is_415_for_post_and_put(api: httpx.Client) -> None:
+    """A POST without Content-Type needs no CORS preflight: it must not be taken as JSON."""
+    body = b'{"product": "no type", "quantity": 1}'
+    assert_problem(api.post("/orders", content=body), 415)
+    order = create(api).json()
+    assert_problem(api.put(f"/orders/{order['id']}", content=body), 415)
+    assert api.get(f"/orders/{order['id']}").json()["version"] == 1  # nothing changed
+
+
+def test_unknown_methods_add_no_metric_series(api: httpx.Client) -> None:
+    for n in range(20):
+        api.request(f"M{n}", "/orders")
+    metrics = api.get("/metrics").text
+    assert 'method="_OTHER"' in metrics
+    assert not re.search(r'method="M\d+"', metrics)
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(api: httpx.Client) -> None:
@@ -300,7 +330,7 @@ def test_request_id_is_taken_or_generated(api: httpx.Client, module_service: Ser
 
 def test_health_ready_metrics_and_openapi(api: httpx.Client) -> None:
     assert api.get("/health").json() == {"status": "ok"}
-    ready = api.get("/ready")
+    ready = settled_ready(api, 200)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
     pool = api.get("/metrics/db").json()
@@ -323,18 +353,39 @@ def test_database_unreachable_gives_503_with_retry_after(start_service) -> None:
         ):
             assert_problem(response, 503)
             assert response.headers["retry-after"]
-        ready = client.get("/ready")
+        ready = settled_ready(client, 503)
         assert ready.status_code == 503
-        assert ready.json()["checks"]["postgres"] != "ok"
+        assert ready.json()["checks"]["postgres"] == "unavailable"
+        assert "retry-after" in ready.headers
         assert client.get("/health").status_code == 200
 
 
-def test_ready_names_a_failing_redis(start_service) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_redis_is_reported_but_rest_stays_ready(start_service) -> None:  # type: ignore[no-untyped-def]
+    """REST never needs Redis (writes go to the outbox): a Redis outage must not take it out of service."""
     service = start_service(REDIS_URL="redis://127.0.0.1:1/0")
-    ready = httpx.get(f"{service.base_url}/ready", timeout=10)
-    assert ready.status_code == 503
-    assert ready.json()["checks"]["postgres"] == "ok"
-    assert ready.json()["checks"]["redis"].startswith("failed")
+    with httpx.Client(base_url=service.base_url, timeout=10) as client:
+        ready = settled_ready(client, 200)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "unavailable"}}
+        assert client.post("/orders", json={"product": "a", "quantity": 1}).status_code == 201
+        metrics = client.get("/metrics").text
+    assert 'orders_dependency_up{dependency="redis",role="http"} 0.0' in metrics
+    assert 'orders_dependency_up{dependency="postgres",role="http"} 1.0' in metrics
+
+
+def test_rate_limit_per_client_address_answers_429_with_ratelimit_headers(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = start_service(RATE_LIMIT_RPS="1", RATE_LIMIT_BURST="3", HTTP_WORKERS="1")
+    with httpx.Client(base_url=service.base_url, timeout=10) as client:
+        answers = [client.get("/orders?limit=1") for _ in range(6)]
+        assert client.get("/health").status_code == 200  # probes are never limited
+    statuses = [a.status_code for a in answers]
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:], statuses
+    refused = next(a for a in answers if a.status_code == 429)
+    assert_problem(refused, 429)
+    assert refused.headers["ratelimit-policy"] == '"client";q=3;w=3'
+    assert re.fullmatch(r'"client";r=0;t=\d+', refused.headers["ratelimit"])
+    assert int(refused.headers["retry-after"]) >= 1
+    assert answers[0].headers["ratelimit"].startswith('"client";r=2;')
 
 
 def test_undecodable_header_values_are_rejected_not_ignored(api: httpx.Client) -> None:

@@ -1,10 +1,15 @@
 """Pool exhaustion: more concurrent requests than pooled connections, all of them slow.
 
 A session of the test's own locks the orders table, so every request that gets a connection
-blocks on the lock. Requests queue for a connection at most DB_ACQUIRE_TIMEOUT and then answer
-503 / UNAVAILABLE; those holding a connection are cancelled by PostgreSQL after
-DB_STATEMENT_TIMEOUT and answer the same. No request waits longer; the queue is empty
-afterwards and the service serves normally as soon as the lock is gone.
+blocks on the lock. Beyond DB_MAX_WAITING queued requests a process sheds the next one at once
+(503 "overloaded" / RESOURCE_EXHAUSTED); the queued ones wait at most DB_ACQUIRE_TIMEOUT and
+then answer 503 / UNAVAILABLE; those holding a connection are cancelled by PostgreSQL after
+DB_STATEMENT_TIMEOUT and answer the same. No request hangs; the queue is empty afterwards and
+the service serves normally as soon as the lock is gone.
+
+The outcomes are told apart by what the service answered, not by wall-clock bounds (which flaked
+on a loaded 2-core machine): the only time bound is a generous "nothing hung" one; how fast a
+shed request is answered is recorded as a figure (slowest_shed_s), not asserted.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ POOL_SIZE = 2
 ACQUIRE_TIMEOUT = 1.0
 STATEMENT_TIMEOUT = 3.0
 CONCURRENT = 50
-# Scheduling slack on a busy 2-core machine; an unbounded wait would hit the client's 30 s.
-MARGIN = 1.5
+MAX_WAITING = 4
+# "Nothing hung": far above the slowest legitimate answer (a statement timeout after an acquire
+# wait), far below the client's 30 s, so scheduling delays of a loaded machine cannot fail it.
+HANG_BOUND = ACQUIRE_TIMEOUT + STATEMENT_TIMEOUT + 10.0
 
 
 async def _lock_orders(dsn: str) -> AsyncIterator[None]:
@@ -60,6 +67,7 @@ def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
         DB_POOL_SIZE=str(POOL_SIZE),
         DB_ACQUIRE_TIMEOUT=str(ACQUIRE_TIMEOUT),
         DB_STATEMENT_TIMEOUT=str(STATEMENT_TIMEOUT),
+        DB_MAX_WAITING=str(MAX_WAITING),
     )
 
     async def scenario() -> tuple[list[tuple[str, str, float]], dict[str, int], list[int]]:
@@ -76,7 +84,8 @@ def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
                     response = await http.get(f"/orders/{order_id}")
                 else:
                     response = await http.post("/orders", json={"product": "slow", "quantity": 1})
-                return "rest", str(response.status_code), time.monotonic() - started
+                kind = response.json().get("type", "").rsplit("/", 1)[-1]  # "overloaded" or "unavailable"
+                return "rest", f"{response.status_code} {kind}", time.monotonic() - started
 
             async def rpc(n: int) -> tuple[str, str, float]:
                 started = time.monotonic()
@@ -103,15 +112,17 @@ def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
 
     results, pool, after = asyncio.run(scenario())
     outcomes = Counter((transport, code) for transport, code, _ in results)
-    assert set(outcomes) <= {("rest", "503"), ("grpc", "UNAVAILABLE")}, outcomes
+    shed = {("rest", "503 overloaded"), ("grpc", "RESOURCE_EXHAUSTED")}
+    timed_out = {("rest", "503 unavailable"), ("grpc", "UNAVAILABLE")}
+    assert set(outcomes) <= shed | timed_out, outcomes
+    # 3 processes (2 http workers + 1 grpc) queue at most POOL_SIZE + MAX_WAITING acquires each
+    # (coalesced reads share one), far fewer than the requests: both kinds of answer occur.
+    assert sum(n for key, n in outcomes.items() if key in shed) > 0, outcomes
+    assert sum(n for key, n in outcomes.items() if key in timed_out) > 0, outcomes
     slowest = max(seconds for _, _, seconds in results)
-    assert slowest <= STATEMENT_TIMEOUT + MARGIN, f"a request waited {slowest:.2f} s"
-    # Only requests that got one of the (2 http workers + 1 grpc) * POOL_SIZE connections waited
-    # for the statement timeout; every other one gave up after the acquire timeout.
-    held = [seconds for _, _, seconds in results if seconds > ACQUIRE_TIMEOUT + MARGIN]
-    assert len(held) <= 3 * POOL_SIZE, sorted(held)
+    assert slowest <= HANG_BOUND, f"a request waited {slowest:.2f} s"
     assert pool["waiting"] == 0 and pool["in_use"] == 0, pool  # nothing left queued once they answered
-    assert pool["acquire_timeouts_total"] > 0
+    assert pool["acquire_timeouts_total"] + pool["shed_total"] > 0
     assert after == [200] * 5 + [201]
     record_figures(
         "pool-exhaustion",
@@ -119,8 +130,7 @@ def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
             "requests": len(results),
             "answers": {f"{t} {c}": n for (t, c), n in outcomes.items()},
             "slowest_s": round(slowest, 2),
-            "held_a_connection": len(held),
-            "gave_up_after_acquire_timeout": len(results) - len(held),
+            "slowest_shed_s": round(max((t for tr, c, t in results if (tr, c) in shed), default=0.0), 3),
             "pool_after": pool,
         },
     )
@@ -133,7 +143,7 @@ def test_pool_exhaustion_queues_boundedly_and_answers_503_never_hangs(
 async def test_timed_out_acquires_leave_no_waiter_behind(schema: IsolatedSchema) -> None:
     """psqlpy does not withdraw an acquire that timed out (it stays queued in the pool): the
     Database queues requests itself, so a timed-out request leaves no waiter behind."""
-    db = Database(schema.dsn, pool_size=2, acquire_timeout=0.2)
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=0.2, max_waiting=30)  # all 30 queue, none is shed
     try:
         async with db.connection(), db.connection():
             outcomes = await asyncio.gather(*(db.fetch("SELECT 1") for _ in range(30)), return_exceptions=True)

@@ -2,7 +2,8 @@
 
 Nothing in the request path touches Redis, so REST and gRPC answer every request throughout;
 the relay and the consumer back off and catch up once Redis is back: every outbox event is in
-the stream and every acknowledged order is confirmed.
+the stream and every acknowledged order is confirmed. Readiness stays up throughout (REST
+`/ready` 200, gRPC health SERVING): Redis is reported in `/ready`'s body, never required.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -20,6 +22,7 @@ from tests.faults.conftest import (
     Load,
     PrivatePostgres,
     PrivateRedis,
+    _grpc_serving,
     missing_orders,
     record_figures,
     sql,
@@ -44,11 +47,17 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
         time.sleep(2.0)
         down_at = time.monotonic()
         private_redis.stop()
-        time.sleep(OUTAGE_SECONDS)
+        probes: list[tuple[int, str, bool]] = []  # /ready status, its redis state, gRPC SERVING
+        while time.monotonic() - down_at < OUTAGE_SECONDS:
+            ready = httpx.get(f"{proc.base_url}/ready", timeout=5)
+            probes.append((ready.status_code, ready.json()["checks"]["redis"], _grpc_serving(proc.grpc_target)))
+            time.sleep(1.0)
         private_redis.start()
         up_at = time.monotonic()
         time.sleep(1.0)
     during = load.between(down_at, up_at)
+    assert all(status == 200 and serving for status, _, serving in probes), probes
+    assert "unavailable" in {state for _, state, _ in probes}, probes  # visible, though not failing
     assert len(during) > 100, "too little load during the outage to mean anything"
     assert load.errors() == {}, load.errors()
     acked = list(load.acked)
@@ -71,6 +80,8 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
             **load.summary(),
             "outage_s": OUTAGE_SECONDS,
             "requests_during_outage": len(during),
+            "ready_probes_during_outage": f"{sum(p[0] == 200 for p in probes)}/{len(probes)} 200",
+            "grpc_serving_during_outage": f"{sum(p[2] for p in probes)}/{len(probes)}",
             "events": len(outbox),
             "all_confirmed_after_redis_back_s": round(confirmed_after, 2),
         },

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import IsolatedSchema, TestServices
 from tests.e2e.conftest import ServiceProcess
 
-CURSOR_SECRET = "hostile-input-cursor-secret"
+CURSOR_SECRET = "hostile-input-cursor-secret-of-32-bytes-or-more"
 
 
 @pytest.fixture(scope="package")

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from service.grpc.pb import orders_pb2
+from service.grpc.server import MAX_RECEIVE_BYTES as MAX_MESSAGE_BYTES
 from tests.e2e.conftest import ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
@@ -22,7 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 StatusCode = grpc.StatusCode
 SERVICE = "/orders.OrderService/"
 METHODS = ["CreateOrder", "GetOrder", "ListOrders", "UpdateOrder", "DeleteOrder"]
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # What a server may answer to a request it cannot use; anything else is a crash or a hang.
 DELIBERATE = {StatusCode.OK, StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND, StatusCode.FAILED_PRECONDITION}
 
@@ -132,6 +132,20 @@ async def test_just_under_the_limit_is_read_and_refused_by_the_rules(channel: gr
     code, details, _ = await raw_call(channel, "CreateOrder", payload)
     assert code == StatusCode.INVALID_ARGUMENT
     assert details == "product: must be at most 255 characters"
+
+
+async def test_the_largest_valid_request_fits_the_limit_with_room(channel: grpc.aio.Channel) -> None:
+    """The receive limit is a small multiple of the largest valid request, not gRPC's 4 MiB."""
+    largest = orders_pb2.UpdateOrderRequest(
+        id="01a23aad-4a32-73b6-94fe-35ee1044148c",
+        product="\U0001f4da" * 255,
+        quantity=1_000_000,
+        status=3,
+        expected_version=2**62,
+    ).SerializeToString()
+    assert 2 * len(largest) <= MAX_MESSAGE_BYTES <= 8 * len(largest)
+    code, details, _ = await raw_call(channel, "UpdateOrder", largest)
+    assert code == StatusCode.NOT_FOUND, details  # read and handled: no such order
 
 
 async def test_unknown_method_is_unimplemented(channel: grpc.aio.Channel) -> None:

@@ -213,7 +213,10 @@ async def test_pipelined_requests_are_answered_in_order(hostile_service: Service
         (request("POST", "/orders", {"X-Request-ID": "pipe-2", "Content-Type": "application/json"}, CREATE_BODY), 201),
         (request("GET", f"/orders/{unknown}", {"X-Request-ID": "pipe-3"}), 404),
         (request("GET", "/orders?limit=2", {"X-Request-ID": "pipe-4"}), 200),
-        (request("PUT", f"/orders/{unknown}", {"X-Request-ID": "pipe-5"}, b"{}"), 400),
+        (
+            request("PUT", f"/orders/{unknown}", {"X-Request-ID": "pipe-5", "Content-Type": "application/json"}, b"{}"),
+            400,
+        ),
         (request("GET", "/openapi.json", {"X-Request-ID": "pipe-6"}), 200),
     ]
     conn = await RawConnection.open(hostile_service.port)

@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from benchmarks.database import admin_sql
-from service.domain import StoreUnavailable
+from service.domain import StoreOverloaded, StoreUnavailable
 from service.store.database import Database
 from tests.conftest import IsolatedSchema
 
@@ -71,6 +71,37 @@ async def test_a_cancelled_request_does_not_leave_its_connection_held(database: 
         await task
     assert (database.held, database.stats().in_use) == (0, 0)
     assert await _backend(database) > 0
+
+
+async def test_beyond_max_waiting_a_request_is_shed_instead_of_queued(schema: IsolatedSchema) -> None:
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=60.0, max_waiting=3)
+    try:
+        async with db.connection(), db.connection():
+            queued = [asyncio.ensure_future(db.fetch("SELECT 1")) for _ in range(3)]
+            await asyncio.sleep(0)
+            assert db.stats().waiting == 3
+            with pytest.raises(StoreOverloaded):  # at once: it never joined the 60 s queue
+                await db.fetch("SELECT 1")
+            assert db.stats().shed_total == 1 and db.stats().waiting == 3
+        assert await asyncio.gather(*queued) == [[(1,)]] * 3  # the queued ones were served
+    finally:
+        db.close()
+
+
+async def test_the_probe_never_queues_behind_requests(schema: IsolatedSchema) -> None:
+    db = Database(schema.dsn, pool_size=2, acquire_timeout=60.0)
+    try:
+        await db.probe(recent=0.0)  # idle: it runs a SELECT 1
+        await db.probe(recent=60.0)  # a connection was used just now: no query needed
+        async with db.connection(), db.connection():
+            waiter = asyncio.ensure_future(db.fetch("SELECT 1"))
+            await asyncio.sleep(0)
+            with pytest.raises(StoreUnavailable):  # every connection taken, none finished "recently"
+                await db.probe(recent=0.0)
+            assert db.stats().waiting == 1  # only the request's own waiter
+        await waiter
+    finally:
+        db.close()
 
 
 async def test_sslmode_and_sslrootcert_in_the_url_are_honoured(test_services: TestServices, tmp_path: Path) -> None:

@@ -92,9 +92,7 @@ def access_lines() -> Iterator[Captured]:
 async def test_rest_and_grpc_write_the_same_access_line_and_record_one_metric_each(access_lines: Captured) -> None:
     metrics = RecordingMetrics()
     service = make_service()[0]
-    api = RestApi(
-        service, readiness_checks={}, json_endpoints={}, openapi_document=b"{}", max_body_bytes=1024, metrics=metrics
-    )
+    api = RestApi(service, json_endpoints={}, openapi_document=b"{}", max_body_bytes=1024, metrics=metrics)
     servicer = OrderServicer(service, metrics=metrics)
 
     response = await api.handle(HttpRequest("GET", "/orders/nope", "", {"x-request-id": "rest-1"}))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from service.config import (
     ENV_VARIABLES,
     LOCAL_POSTGRES_ADMIN_URL,
     ConfigError,
+    cursor_keys,
     load_settings,
     redact_url,
     with_database,
@@ -84,3 +86,43 @@ def test_internal_variables_are_read_here_but_are_not_operator_settings() -> Non
     assert (unset.prometheus_multiproc_dir, unset.py_spy, unset.force_embedded) == (None, None, False)
     assert load_settings({"ORDERS_EMBEDDED": "true"}).force_embedded
     assert not {"PROMETHEUS_MULTIPROC_DIR", "PY_SPY", "ORDERS_EMBEDDED"} & set(ENV_VARIABLES)
+
+
+# ---- CURSOR_SECRET fails closed ----------------------------------------------------------------
+
+KEY_A = "a" * 32
+KEY_B = "b" * 40
+
+
+@pytest.mark.parametrize("raw", ["", "short", "x" * 31, f"{KEY_A},short", f"{KEY_A},"])
+def test_a_cursor_secret_shorter_than_32_bytes_is_refused_naming_it(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CURSOR_SECRET": raw})
+    assert str(caught.value).startswith("CURSOR_SECRET")
+    assert raw not in str(caught.value) or raw == ""  # the value itself is never echoed
+
+
+def test_several_keys_rotate_the_first_signs_and_all_verify(tmp_path: Path) -> None:
+    old = CursorCodec(*cursor_keys(load_settings({"CURSOR_SECRET": KEY_A}, data_dir=str(tmp_path))))
+    rotated = CursorCodec(*cursor_keys(load_settings({"CURSOR_SECRET": f"{KEY_B}, {KEY_A}"})))
+    last = uuid.uuid4()
+    assert rotated.decode(old.encode(last)) == last  # issued before the rotation: still good
+    assert old.decode(rotated.encode(last)) is None  # signed with the new key
+    assert CursorCodec(KEY_B.encode()).decode(rotated.encode(last)) == last
+
+
+def test_unset_locally_a_key_is_generated_once_under_data_dir(tmp_path: Path) -> None:
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
+    first = cursor_keys(settings)
+    assert len(first) == 1 and len(first[0]) >= 32
+    assert cursor_keys(settings) == first  # every process of the service reads the same key
+    secret_file = tmp_path / "data" / "cursor-secret"
+    assert secret_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert cursor_keys(load_settings({"DATA_DIR": str(tmp_path / "other")})) != first
+
+
+def test_where_a_key_is_required_unset_is_an_error(tmp_path: Path) -> None:
+    settings = load_settings({"REQUIRE_CURSOR_SECRET": "true", "DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^CURSOR_SECRET is required"):
+        cursor_keys(settings)
+    assert not (tmp_path / "cursor-secret").exists()

@@ -23,7 +23,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the delivery files (dev extra)")
 
-from service.config import ENV_VARIABLES, ConfigError, load_settings  # noqa: E402
+from service.cli import build_parser  # noqa: E402
+from service.config import ENV_VARIABLES, ConfigError, cursor_keys, load_settings  # noqa: E402
 from service.http.openapi import build_openapi  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,7 @@ INTENTIONALLY_DEFAULTED = {
     "TLS_CERT_FILE": "TLS terminates at the ingress or mesh unless a certificate Secret is mounted",
     "TLS_KEY_FILE": "as TLS_CERT_FILE",
     "TLS_CLIENT_CA_FILE": "as TLS_CERT_FILE (mTLS)",
+    "REQUIRE_CURSOR_SECRET": "the image sets it (ENV in the Dockerfile): a deployment must bring CURSOR_SECRET",
 }
 
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3): the
@@ -218,6 +220,10 @@ def test_image_env_defaults(dockerfile: Any) -> None:
         load_settings(settings_env)
     issuer = {"AUTH_ISSUER": "https://login.example.com/", "AUTH_AUDIENCE": "orders-service"}
     load_settings({**settings_env, **issuer, "AUTH_JWKS_URL": "https://login.example.com/jwks.json"})
+    # The image defaults no secret: without CURSOR_SECRET, `serve` stops at start.
+    assert "CURSOR_SECRET" not in env
+    with pytest.raises(ConfigError, match=r"^CURSOR_SECRET is required"):
+        cursor_keys(load_settings({**settings_env, **issuer, "AUTH_JWKS_URL": "https://login.example.com/jwks.json"}))
 
 
 def test_dockerignore_keeps_build_inputs_and_drops_local_artefacts() -> None:
@@ -502,6 +508,9 @@ def test_worker_has_no_network_probe(manifests: list[dict[str, Any]]) -> None:
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         spec = container.get(probe, {})
         assert not {"httpGet", "grpc", "tcpSocket"} & set(spec), "the worker role listens on no port"
+    assert container["livenessProbe"]["exec"]["command"] == ["orders-service", "worker-alive"]
+    assert build_parser().parse_args(["worker-alive"]).func.__name__ == "cmd_worker_alive"
+    assert config_env(manifests)["HEARTBEAT_DIR"].startswith("/tmp/")  # the writable emptyDir
     assert "ports" not in container
 
 

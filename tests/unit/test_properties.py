@@ -158,10 +158,12 @@ def assert_400_for_unparseable(response: HttpResponse, raw: bytes) -> None:
 # ---- bodies through the real REST core ---------------------------------------------------------
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
 def make_api(service: OrderService) -> RestApi:
     return RestApi(
         service,
-        readiness_checks={},
         json_endpoints={},
         openapi_document=b"{}",
         max_body_bytes=1 << 20,
@@ -173,7 +175,7 @@ def run(coro: Any) -> Any:
 
 
 def post(api: RestApi, body: bytes) -> HttpResponse:
-    request = HttpRequest("POST", "/orders", "", {"content-type": "application/json"}, body)
+    request = HttpRequest("POST", "/orders", "", JSON_HEADERS, body)
     response: HttpResponse = run(api.handle(request))
     return response
 
@@ -207,7 +209,7 @@ def test_any_update_body_is_a_valid_command_or_a_400_naming_a_field(body: Any) -
     service, store, _ = make_service()
     api = make_api(service)
     order_id = msgspec.json.decode(post(api, b'{"product": "seed", "quantity": 1}').body)["id"]
-    request = HttpRequest("PUT", f"/orders/{order_id}", "", {}, json.dumps(body).encode())
+    request = HttpRequest("PUT", f"/orders/{order_id}", "", JSON_HEADERS, json.dumps(body).encode())
     response: HttpResponse = run(api.handle(request))
     command = expected_command(body, KNOWN_FIELDS)
     if command is None:
@@ -251,7 +253,7 @@ def test_any_bytes_inside_a_json_string_are_a_valid_command_or_a_400(junk: bytes
     if kind == "create":
         response = post(api, body)
     else:
-        response = run(api.handle(HttpRequest("PUT", f"/orders/{order_id}", "", {}, body)))
+        response = run(api.handle(HttpRequest("PUT", f"/orders/{order_id}", "", JSON_HEADERS, body)))
     if parsed is None:
         assert_400_for_unparseable(response, body)
     elif expected_command(parsed, KNOWN_FIELDS) is not None:

@@ -149,7 +149,6 @@ async def test_rest_spans_name_the_route_template_and_never_a_client_method(memo
     tracer, exporter = memory
     api = RestApi(
         make_service()[0],
-        readiness_checks={},
         json_endpoints={},
         openapi_document=b"{}",
         max_body_bytes=1024,
@@ -162,7 +161,7 @@ async def test_rest_spans_name_the_route_template_and_never_a_client_method(memo
 
 
 def test_without_tracing_the_rest_handler_is_the_plain_method() -> None:
-    api = RestApi(make_service()[0], readiness_checks={}, json_endpoints={}, openapi_document=b"{}", max_body_bytes=1)
+    api = RestApi(make_service()[0], json_endpoints={}, openapi_document=b"{}", max_body_bytes=1)
     assert api.handle.__func__ is RestApi.handle  # type: ignore[attr-defined]
 
 
