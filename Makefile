@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 $(STAMP): pyproject.toml
@@ -94,6 +94,12 @@ bench-compare: bench
 ## Every figure of benchmarks/RESULTS.md in one run: pgbench ceiling, each scenario, RSS (~4 min).
 bench-results: $(STAMP)
 	$(BIN)/python -m benchmarks.results
+
+## One sitting, side by side (~6 min): every role vs ROLES=http vs a running peer (PEER_URL), pipeline
+## drain after the create run, CPU per request; gRPC GetOrder/CreateOrder (h2load) vs a bare grpc.aio echo.
+PEER_URL ?=
+bench-sitting: $(STAMP)
+	$(BIN)/python -m benchmarks.sitting $${PEER_URL:+--peer-url $$PEER_URL}
 
 ## The same REST handlers on granian RSGI (production), granian ASGI and robyn, side by side (~2 min):
 ## req/s, p50/p99, CPU per request, SIGTERM behaviour; writes benchmarks/runtimes/LATEST.md.

@@ -259,7 +259,8 @@ async def test_sse_bad_requests_are_400(rest: httpx.AsyncClient, query: str, sta
 
 async def test_sse_sends_a_comment_while_idle(rest: httpx.AsyncClient) -> None:
     order_id = await _create(rest)
-    await _confirmed(rest, order_id)  # no change of it comes any more
+    await _confirmed(rest, order_id)
+    await asyncio.sleep(1.0)  # the confirmation's own event reaches the stream just after it: then none comes
     async with sse_watch(rest, f"?order_id={order_id}") as response:
         events = SseReader(response.aiter_lines())
         await events.until_open()

@@ -28,7 +28,7 @@ class HeldService:
         self.entered = 0
         self._real = make_service()[0]
 
-    async def get(self, order_id: str) -> object:
+    async def get(self, order_id: str, *, ctx: object = None) -> object:
         self.entered += 1
         await self.release.wait()
         return await self._real.get(order_id)

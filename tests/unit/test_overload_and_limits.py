@@ -94,7 +94,7 @@ def test_a_required_dependency_needs_a_check() -> None:
 
 
 class OverloadedService:
-    async def get(self, order_id: str) -> None:
+    async def get(self, order_id: str, *, ctx: object = None) -> None:
         raise StoreOverloaded("too many waiting")
 
 

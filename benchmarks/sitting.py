@@ -1,0 +1,307 @@
+"""One sitting, side by side: this service (every role, and `ROLES=http`) against a peer, and its
+gRPC against a bare grpc.aio echo server, each on a fresh database, one after the other.
+
+    python -m benchmarks.sitting --peer-url http://127.0.0.1:18010      # REST vs a running peer
+    python -m benchmarks.sitting --only grpc                            # gRPC vs the bare echo
+
+REST scenarios run through the project's load tool with its wrk driver (32 connections, 2
+threads, `--seconds` after `--warmup`). After the create run of the every-role service it reports
+how many orders were still pending when the load stopped and how long the pipeline took to
+confirm them, and the CPU per request of the service's processes (from /proc). gRPC GetOrder and
+CreateOrder are driven by h2load (8 connections x 4 streams, 1 thread) at the service (roles
+http,grpc, HTTP_WORKERS=1, GRPC_WORKERS 1 and 2) and at `benchmarks.grpc_echo`; each h2load run is
+checked with one real call first, since h2load counts a gRPC error (it comes in the trailers) as
+a success. The peer is started by the caller (see ../shared/peers/README.md); its database should
+be fresh too. Prints markdown; `--json` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from benchmarks.database import admin_sql, fetch_rows
+from benchmarks.processes import ServiceProcess, descendants, free_port
+from service.config import LOCAL_POSTGRES_ADMIN_URL, with_database
+
+REST_SCENARIOS: list[tuple[str, str, list[str]]] = [
+    # (label, load-tool scenario, extra arguments)
+    ("GET /orders/{id}", "get", []),
+    ("POST /orders", "create", []),
+    ("POST /orders with Idempotency-Key", "create", ["--idempotency-keys"]),
+    ("PUT /orders/{id}", "update", []),
+    ("mixed 40/30/20/10", "mixed", []),
+]
+PEER_SCENARIOS = {"get", "create", "update", "mixed"}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, scenario: str, extra: list[str], seconds: float, warmup: float) -> dict[str, Any]:
+    """One warm-up run and one measured run of the load tool (wrk driver)."""
+    base = [sys.executable, "-m", "benchmarks.load", "--scenario", scenario, "--driver", "wrk", "--url", url]
+    base += ["--concurrency", "32", "--processes", "2", "--quiet", *extra]
+    subprocess.run([*base, "--duration", str(warmup)], check=True, capture_output=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([*base, "--duration", str(seconds), "--json", out.name], check=True, capture_output=True)
+        report: dict[str, Any] = json.loads(Path(out.name).read_text())
+    return report
+
+
+@contextmanager
+def fresh_database(admin_url: str, name: str) -> Iterator[str]:
+    asyncio.run(admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"))
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        asyncio.run(admin_sql(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def pending(dsn: str) -> int:
+    return int(asyncio.run(fetch_rows(dsn, "SELECT count(*) FROM orders WHERE status = 'pending'"))[0][0])
+
+
+def confirmation_drain(dsn: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Orders still pending when the load stopped, and how long until none is."""
+    started = time.monotonic()
+    left_at_end = pending(dsn)
+    left = left_at_end
+    while left and time.monotonic() - started < timeout:
+        time.sleep(0.1)
+        left = pending(dsn)
+    return {"pending_at_end": left_at_end, "confirmed_all_after_s": round(time.monotonic() - started, 2), "left": left}
+
+
+def rest_service(args: argparse.Namespace, roles: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with fresh_database(args.admin_url, f"sitting_{uuid.uuid4().hex[:8]}") as dsn:
+        service = ServiceProcess(dsn, args.redis_url, roles, {"LOG_LEVEL": "WARNING"}, name="sitting")
+        service.start(wait_for_grpc="grpc" in roles, timeout=60)
+        try:
+            for label, scenario, extra in REST_SCENARIOS:
+                pids = [service.pid, *descendants(service.pid)]
+                before = cpu_seconds(pids)
+                report = load(service.base_url, scenario, extra, args.seconds, args.warmup)
+                used = cpu_seconds(pids) - before
+                figures: dict[str, Any] = {
+                    "rps": report["throughput_rps"],
+                    "errors": report["error_count"],
+                    "p99_ms": report["latency_ms"].get("p99"),
+                }
+                served = report["throughput_rps"] * report["seconds"]
+                figures["cpu_us_per_request"] = round(used / served * 1e6) if served else None
+                if scenario == "create" and not extra and "worker" in roles:
+                    figures["pipeline"] = confirmation_drain(dsn)
+                results[label] = figures
+                print(f"  {roles}: {label}: {figures}", file=sys.stderr)
+        finally:
+            service.stop(timeout=30)
+    return results
+
+
+def rest_peer(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for label, scenario, extra in REST_SCENARIOS:
+        if scenario not in PEER_SCENARIOS or extra:
+            continue
+        report = load(args.peer_url, scenario, extra, args.seconds, args.warmup)
+        results[label] = {"rps": report["throughput_rps"], "errors": report["error_count"]}
+        print(f"  peer: {label}: {results[label]}", file=sys.stderr)
+    return results
+
+
+def h2load(target: str, method: str, message: bytes, seconds: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("wb", suffix=".bin", delete=False) as handle:
+        handle.write(b"\0" + len(message).to_bytes(4, "big") + message)
+    try:
+        command = [
+            "h2load", "-D", str(int(seconds)), "-c", "8", "-m", "4", "-t", "1", "-d", handle.name,
+            "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{target}/{method}",
+        ]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(handle.name)
+    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    failed = re.search(r"(\d+) failed, (\d+) errored", out)
+    if rate is None or failed is None:
+        raise RuntimeError(f"unexpected h2load output:\n{out}")
+    return {"calls_per_s": float(rate.group(1)), "errors": int(failed.group(1)) + int(failed.group(2))}
+
+
+def grpc_messages(target: str) -> dict[str, bytes]:
+    """A GetOrder of an existing order and a CreateOrder, each checked with one real call."""
+    from service.grpc.pb import orders_pb2, orders_pb2_grpc
+
+    create = orders_pb2.CreateOrderRequest(product="h2load", quantity=1)
+    with grpc.insecure_channel(target) as channel:
+        stub = orders_pb2_grpc.OrderServiceStub(channel)
+        created = stub.CreateOrder(create, timeout=10)
+        get = orders_pb2.GetOrderRequest(id=created.order.id)
+        stub.GetOrder(get, timeout=10)
+    return {
+        "orders.OrderService/GetOrder": get.SerializeToString(),
+        "orders.OrderService/CreateOrder": create.SerializeToString(),
+    }
+
+
+def grpc_service(args: argparse.Namespace, workers: int, messages: dict[str, bytes] | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with fresh_database(args.admin_url, f"sitting_{uuid.uuid4().hex[:8]}") as dsn:
+        env = {"LOG_LEVEL": "WARNING", "HTTP_WORKERS": "1", "GRPC_WORKERS": str(workers)}
+        service = ServiceProcess(dsn, args.redis_url, "http,grpc", env, name="sitting")
+        service.start(wait_for_grpc=True, timeout=60)
+        try:
+            time.sleep(1.0)  # every gRPC process listening
+            checked = grpc_messages(service.grpc_target)
+            for method, message in checked.items():
+                h2load(service.grpc_target, method, message, args.warmup)
+                pids = [service.pid, *descendants(service.pid)]
+                before = cpu_seconds(pids)
+                figures = h2load(service.grpc_target, method, message, args.seconds)
+                calls = figures["calls_per_s"] * args.seconds
+                figures["cpu_us_per_call"] = round((cpu_seconds(pids) - before) / calls * 1e6) if calls else None
+                results[method.rsplit("/", 1)[1]] = figures
+                print(f"  grpc x{workers}: {method}: {figures}", file=sys.stderr)
+        finally:
+            service.stop(timeout=30)
+    if messages is not None:
+        messages.update(checked)
+    return results
+
+
+def grpc_echo(args: argparse.Namespace, messages: dict[str, bytes]) -> dict[str, Any]:
+    port = free_port()
+    echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--port", str(port)])
+    results: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    grpc.channel_ready_future(channel).result(timeout=1)
+                break
+            except grpc.FutureTimeoutError:
+                continue
+        method = "orders.OrderService/GetOrder"
+        h2load(f"127.0.0.1:{port}", method, messages[method], args.warmup)
+        before = cpu_seconds([echo.pid])
+        figures = h2load(f"127.0.0.1:{port}", method, messages[method], args.seconds)
+        figures["cpu_us_per_call"] = round(
+            (cpu_seconds([echo.pid]) - before) / (figures["calls_per_s"] * args.seconds) * 1e6
+        )
+        results["echo"] = figures
+        print(f"  bare grpc.aio echo: {figures}", file=sys.stderr)
+    finally:
+        echo.terminate()
+        echo.wait(10)
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    lines: list[str] = []
+    rest = figures.get("rest")
+    if rest:
+        every, http_only, peer = rest.get("every_role", {}), rest.get("http_only", {}), rest.get("peer", {})
+        lines += [
+            "| scenario | every role req/s | ROLES=http req/s | peer req/s | vs peer | vs ROLES=http "
+            "| CPU us/req (every role) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, _, _ in REST_SCENARIOS:
+            a = every.get(label, {})
+            b = http_only.get(label, {})
+            c = peer.get(label, {})
+            lines.append(
+                f"| {label} | {a.get('rps', '-')} | {b.get('rps', '-')} | {c.get('rps', '-')} | "
+                f"{ratio(a.get('rps'), c.get('rps'))} | {ratio(a.get('rps'), b.get('rps'))} | "
+                f"{a.get('cpu_us_per_request', '-')} |"
+            )
+        keyed = every.get("POST /orders with Idempotency-Key", {}).get("rps")
+        plain = every.get("POST /orders", {}).get("rps")
+        lines.append(f"\nKeyed POST / unkeyed POST: {ratio(keyed, plain)}")
+        pipeline = every.get("POST /orders", {}).get("pipeline")
+        if pipeline:
+            lines.append(f"Pipeline after the POST run: {pipeline}")
+    grpc_figures = figures.get("grpc")
+    if grpc_figures:
+        echo = grpc_figures.get("echo", {}).get("calls_per_s")
+        lines += [
+            "",
+            "| gRPC call | GRPC_WORKERS | calls/s | vs bare echo | CPU us/call |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for workers in ("1", "2"):
+            for method, value in grpc_figures.get(f"workers_{workers}", {}).items():
+                lines.append(
+                    f"| {method} | {workers} | {value['calls_per_s']} | {ratio(value['calls_per_s'], echo)} | "
+                    f"{value.get('cpu_us_per_call', '-')} |"
+                )
+        if echo:
+            lines.append(f"| bare grpc.aio echo | 1 | {echo} | 1.00 | {grpc_figures['echo'].get('cpu_us_per_call')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer-url", help="a running peer's base URL (REST scenarios run against it too)")
+    parser.add_argument("--only", choices=("rest", "grpc"), help="run only one half")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--json", dest="json_path", default="benchmarks/sitting-latest.json")
+    args = parser.parse_args(argv)
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is needed (apt-get install wrk nghttp2-client)")
+    figures: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count()}
+    if args.only in (None, "rest"):
+        rest: dict[str, Any] = {}
+        if args.peer_url:
+            httpx.get(args.peer_url + "/health", timeout=5).raise_for_status()
+            rest["peer"] = rest_peer(args)
+        rest["every_role"] = rest_service(args, "http,grpc,worker")
+        rest["http_only"] = rest_service(args, "http")
+        figures["rest"] = rest
+    if args.only in (None, "grpc"):
+        messages: dict[str, bytes] = {}
+        grpc_figures = {"workers_1": grpc_service(args, 1, messages)}
+        grpc_figures.update(grpc_echo(args, messages))
+        grpc_figures["workers_2"] = grpc_service(args, 2, None)
+        figures["grpc"] = grpc_figures
+    Path(args.json_path).write_text(json.dumps(figures, indent=2))
+    print(markdown(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
