@@ -86,6 +86,24 @@ def require(principal: Principal, scope: str) -> None:
         raise PermissionDenied(scope)
 
 
+# The scope each operation needs: the one table transports and the service both check against.
+OPERATION_SCOPES = {
+    "create": SCOPE_WRITE,
+    "get": SCOPE_READ,
+    "list": SCOPE_READ,
+    "update": SCOPE_WRITE,
+    "delete": SCOPE_WRITE,
+    "confirm": SCOPE_WRITE,
+    "watch": SCOPE_READ,
+}
+
+
+def authorize(operation: str, principal: Principal) -> None:
+    """Refuse a caller whose token lacks the operation's scope. Transports call it as soon as the
+    caller is known, so that a caller without the scope learns nothing about ids or bodies."""
+    require(principal, OPERATION_SCOPES[operation])
+
+
 def owner_filter(principal: Principal) -> str | None:
     """The owner whose orders the caller sees; None for an admin, who sees every owner's."""
     return None if SCOPE_ADMIN in principal.scopes else principal.owner
@@ -237,7 +255,7 @@ class OrderService:
         ctx: RequestContext = NO_CONTEXT,
     ) -> CreateResult:
         """Create an order owned by the caller (an admin too creates its own)."""
-        require(ctx.principal, SCOPE_WRITE)
+        authorize("create", ctx.principal)
         violations: list[FieldViolation] = []
         _validate_product(product, violations)
         _validate_quantity(quantity, violations)
@@ -277,7 +295,7 @@ class OrderService:
         return found
 
     async def get(self, order_id: str, *, ctx: RequestContext = NO_CONTEXT) -> Order:
-        require(ctx.principal, SCOPE_READ)
+        authorize("get", ctx.principal)
         return (await self._read(order_id, ctx.principal))[0]
 
     async def list(
@@ -289,7 +307,7 @@ class OrderService:
         ctx: RequestContext = NO_CONTEXT,
     ) -> Page:
         """The caller's orders (an admin's: every owner's), newest first."""
-        require(ctx.principal, SCOPE_READ)
+        authorize("list", ctx.principal)
         violations: list[FieldViolation] = []
         page_size = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -324,7 +342,7 @@ class OrderService:
         ctx: RequestContext = NO_CONTEXT,
     ) -> Order:
         """Change product, quantity and/or status (None = unchanged) under the transition rules."""
-        require(ctx.principal, SCOPE_WRITE)
+        authorize("update", ctx.principal)
         violations: list[FieldViolation] = []
         if product is not None:
             _validate_product(product, violations)
@@ -361,7 +379,7 @@ class OrderService:
     async def delete(
         self, order_id: str, *, expected_version: int | None = None, ctx: RequestContext = NO_CONTEXT
     ) -> None:
-        require(ctx.principal, SCOPE_WRITE)
+        authorize("delete", ctx.principal)
         parsed = _parsed_or_not_found(order_id)
         current, owner = await self._read(order_id, ctx.principal)
 
@@ -391,7 +409,7 @@ class OrderService:
 
             return decide
 
-        require(ctx.principal, SCOPE_WRITE)
+        authorize("confirm", ctx.principal)
         try:
             _, changed = await self._apply_change(order_id, ctx.principal, decide_for)
         except OrderNotFound:
@@ -406,7 +424,7 @@ class OrderService:
         confirmed = [False] * len(requests)
         first_request: dict[uuid.UUID, int] = {}
         for index, (raw_id, ctx) in enumerate(requests):
-            require(ctx.principal, SCOPE_WRITE)
+            authorize("confirm", ctx.principal)
             parsed = parse_order_id(raw_id)
             if parsed is not None:
                 first_request.setdefault(parsed, index)
@@ -468,7 +486,7 @@ class OrderService:
         may have been deleted since the cursor: its deletion is among the changes to come). A
         cursor older than the feed still holds is CursorExpired, never a silent gap.
         """
-        require(ctx.principal, SCOPE_READ)
+        authorize("watch", ctx.principal)
         violations: list[FieldViolation] = []
         if len(order_ids) > MAX_WATCHED_ORDERS:
             violations.append(FieldViolation("order_id", f"at most {MAX_WATCHED_ORDERS} order ids"))

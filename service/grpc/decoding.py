@@ -10,7 +10,7 @@ the raw bytes and parses them itself, answering INVALID_ARGUMENT when they do no
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -22,7 +22,16 @@ def _type_name(parse: Callable[[bytes], Any]) -> str:
     return str(getattr(descriptor, "full_name", "request"))
 
 
-def parsing_handler(handler: Any) -> Any:
+Guard = Callable[[Any], Awaitable[None]]
+"""Called with the call's context before a request that does not parse is refused: it aborts the
+call itself when the caller must be refused first (authentication comes before validation)."""
+
+
+async def _no_guard(context: Any) -> None:
+    return None
+
+
+def parsing_handler(handler: Any, guard: Guard = _no_guard) -> Any:
     """The same method handler, but parsing the request bytes itself (None passes through)."""
     parse = getattr(handler, "request_deserializer", None)
     if parse is None:
@@ -33,6 +42,7 @@ def parsing_handler(handler: Any) -> Any:
         try:
             return parse(raw)
         except DecodeError:
+            await guard(context)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
 
     async def requests(raw_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
@@ -64,6 +74,7 @@ def parsing_handler(handler: Any) -> Any:
             try:
                 request = parse(raw)
             except DecodeError:
+                await guard(context)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
             return await behavior(request, context)
 
@@ -76,8 +87,9 @@ def parsing_handler(handler: Any) -> Any:
 
 
 class _ParsingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, guards: Mapping[str, Guard]) -> None:
         self._inner = inner
+        self._guards = guards
         self._handlers: dict[str, Any] = {}
 
     def service(self, handler_call_details: Any) -> Any:
@@ -87,19 +99,25 @@ class _ParsingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             found = self._inner.service(handler_call_details)
             if found is None:  # not this service's: nothing is kept for unknown names
                 return None
-            handler = self._handlers[method] = parsing_handler(found)
+            service = method.split("/")[1] if method.count("/") == 2 else ""
+            handler = self._handlers[method] = parsing_handler(found, self._guards.get(service, _no_guard))
         return handler
 
 
 class ParsingServer:
-    """Pass to the generated `add_*Servicer_to_server` functions instead of the grpc.aio server."""
+    """Pass to the generated `add_*Servicer_to_server` functions instead of the grpc.aio server.
 
-    def __init__(self, server: Any) -> None:
+    `guards`: by full service name, what runs before an unparsable request of that service is
+    refused (the others are refused at once)."""
+
+    def __init__(self, server: Any, guards: Mapping[str, Guard] | None = None) -> None:
         self._server = server
+        self._guards = dict(guards or {})
 
     def add_generic_rpc_handlers(self, generic_handlers: Iterable[Any]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_ParsingGenericHandler(h) for h in generic_handlers))
+        self._server.add_generic_rpc_handlers(tuple(_ParsingGenericHandler(h, self._guards) for h in generic_handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: Mapping[str, Any]) -> None:
-        handlers = {name: parsing_handler(handler) for name, handler in method_handlers.items()}
+        guard = self._guards.get(service_name, _no_guard)
+        handlers = {name: parsing_handler(handler, guard) for name, handler in method_handlers.items()}
         self._server.add_registered_method_handlers(service_name, handlers)

@@ -116,7 +116,9 @@ class GrpcServer:
     ) -> None:
         self._check = check
         self.server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_concurrent_rpcs)
-        registry = ParsingServer(self.server)  # request bytes that do not parse answer INVALID_ARGUMENT
+        # Request bytes that do not parse answer INVALID_ARGUMENT, but an unauthenticated caller
+        # of the orders service is refused as such first.
+        registry = ParsingServer(self.server, guards={SERVICE_NAME: servicer.refuse_unauthenticated})
         orders_pb2_grpc.add_OrderServiceServicer_to_server(servicer, registry)  # type: ignore[no-untyped-call]
         self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)

@@ -56,6 +56,16 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         self._changes = ChangeMessages()
         self._auth = authenticator
 
+    async def refuse_unauthenticated(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Abort the call (UNAUTHENTICATED) when its caller does not authenticate; else return."""
+        if self._auth is None:
+            return
+        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        try:
+            self._auth.authenticate(metadata.get("authorization"))
+        except Exception as exc:
+            await context.abort_with_status(status_for(exc, metadata.get("x-request-id") or ""))
+
     async def _call(self, method: str, context: grpc.aio.ServicerContext[Any, Any], work: Work[Reply]) -> Reply:
         """Request id in and out, one access line and metric per call, every failure as a status."""
         started = time.perf_counter()

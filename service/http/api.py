@@ -27,7 +27,7 @@ from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrder
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.readiness import ALWAYS_READY
 from service.observability.tracing import NO_TRACER, Tracer
-from service.orders import OrderService, RequestContext, require
+from service.orders import OrderService, RequestContext, authorize, require
 from service.ports import Authenticator, ChangeSubscription
 from service.ratelimit import RateLimiter
 
@@ -290,6 +290,7 @@ class RestApi:
         return HttpResponse(status, headers, _encode(order))
 
     async def _create(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
+        authorize("create", principal)  # before the body is read
         body = self._body(request)
         try:
             command = _decode_create(body)
@@ -370,6 +371,7 @@ class RestApi:
             subscription.close()
 
     async def _update(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
+        authorize("update", principal)  # before anything of the request is read
         expected = parse_if_match(request.headers.get("if-match"))
         body = self._body(request)
         try:
@@ -387,6 +389,7 @@ class RestApi:
         return self._order_response(200, order)
 
     async def _delete(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
+        authorize("delete", principal)  # before anything of the request is read
         expected = parse_if_match(request.headers.get("if-match"))
         await self.service.delete(
             order_id,

@@ -385,3 +385,15 @@ def test_a_bad_auth_setting_stops_the_service_naming_the_variable(
         proc = ServiceProcess(service_schema.dsn, test_services.redis_url, "http", env)
         with pytest.raises(RuntimeError, match=variable):
             proc.start(timeout=15)
+
+
+def test_malformed_protobuf_is_unauthenticated_before_it_is_invalid(
+    jwt_service: tuple[ServiceProcess, IsolatedSchema],
+) -> None:
+    """Raw bytes that are no GetOrderRequest: without a token UNAUTHENTICATED, with one INVALID_ARGUMENT."""
+    with grpc.insecure_channel(jwt_service[0].grpc_target) as channel:
+        raw = channel.unary_unary("/orders.OrderService/GetOrder")  # bytes in, bytes out
+        garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length far past the end
+        assert grpc_code(lambda: raw(garbage, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        token = KEY.token(scope="orders:read")
+        assert grpc_code(lambda: raw(garbage, metadata=metadata(token), timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT

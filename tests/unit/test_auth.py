@@ -304,3 +304,24 @@ def test_dev_keys_and_dev_token_make_a_token_the_service_accepts(
         owner="alice", actor="alice", scopes=frozenset({"orders:read", "orders:write"})
     )
     assert main(["dev-keys"]) == 0 and load_keys(file_loader(str(jwks_file))).keys() == keys.keys()  # kept
+
+
+async def test_over_rest_a_reader_learns_nothing_from_a_malformed_write() -> None:
+    """403 before the body or If-Match is read: a caller without orders:write never sees a 400."""
+    from service.http.api import HttpRequest, RestApi
+
+    service, _, _ = make_service()
+    reader_token = KEY.token("alice", "orders:read")
+    api = RestApi(
+        service, json_endpoints={}, openapi_document=b"{}", max_body_bytes=1024, authenticator=authenticator()
+    )
+    headers = {"authorization": f"Bearer {reader_token}", "content-type": "application/json", "if-match": "nonsense"}
+    order_path = "/orders/0190abcd-0000-7000-8000-000000000001"
+    for method, path, body in (
+        ("POST", "/orders", b"{not json"),
+        ("PUT", order_path, b"{"),
+        ("DELETE", order_path, b""),
+    ):
+        response = await api.handle(HttpRequest(method, path, "", headers, body))
+        assert response.status == 403, (method, response.body)
+        assert b"insufficient" in response.body
