@@ -11,7 +11,7 @@ confirm them, and the CPU per request of the service's processes (from /proc). g
 CreateOrder are driven by h2load (8 connections x 4 streams, 1 thread) at the service (roles
 http,grpc, HTTP_WORKERS=1, GRPC_WORKERS 1 and 2) and at `benchmarks.grpc_echo`; each h2load run is
 checked with one real call first, since h2load counts a gRPC error (it comes in the trailers) as
-a success. The peer is started by the caller (see ../shared/peers/README.md); its database should
+a success; the load tool's gRPC transport drives both calls too. The peer is started by the caller (see ../shared/peers/README.md); its database should
 be fresh too. Prints markdown; `--json` writes every figure.
 """
 
@@ -135,6 +135,17 @@ def rest_peer(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def grpc_load(target: str, scenario: str, seconds: float, warmup: float) -> dict[str, Any]:
+    """The load tool's own gRPC transport (a Python client: it caps lower than h2load on 2 cores)."""
+    base = [sys.executable, "-m", "benchmarks.load", "--scenario", scenario, "--transport", "grpc"]
+    base += ["--grpc-target", target, "--concurrency", "32", "--processes", "2", "--quiet"]
+    subprocess.run([*base, "--duration", str(warmup)], check=True, capture_output=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([*base, "--duration", str(seconds), "--json", out.name], check=True, capture_output=True)
+        report: dict[str, Any] = json.loads(Path(out.name).read_text())
+    return report
+
+
 def h2load(target: str, method: str, message: bytes, seconds: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("wb", suffix=".bin", delete=False) as handle:
         handle.write(b"\0" + len(message).to_bytes(4, "big") + message)
@@ -187,6 +198,12 @@ def grpc_service(args: argparse.Namespace, workers: int, messages: dict[str, byt
                 figures["cpu_us_per_call"] = round((cpu_seconds(pids) - before) / calls * 1e6) if calls else None
                 results[method.rsplit("/", 1)[1]] = figures
                 print(f"  grpc x{workers}: {method}: {figures}", file=sys.stderr)
+            for name, scenario in (("GetOrder", "get"), ("CreateOrder", "create")):
+                report = grpc_load(service.grpc_target, scenario, args.seconds, args.warmup)
+                results[f"{name} (load tool)"] = {
+                    "calls_per_s": report["throughput_rps"],
+                    "errors": report["error_count"],
+                }
         finally:
             service.stop(timeout=30)
     if messages is not None:
