@@ -11,8 +11,9 @@ confirm them, and the CPU per request of the service's processes (from /proc). g
 CreateOrder are driven by h2load (8 connections x 4 streams, 1 thread) at the service (roles
 http,grpc, HTTP_WORKERS=1, GRPC_WORKERS 1 and 2) and at `benchmarks.grpc_echo`; each h2load run is
 checked with one real call first, since h2load counts a gRPC error (it comes in the trailers) as
-a success; the load tool's gRPC transport drives both calls too. The peer is started by the caller (see ../shared/peers/README.md); its database should
-be fresh too. Prints markdown; `--json` writes every figure.
+a success; the load tool's gRPC transport drives both calls too. The peer is started by the
+caller (see ../shared/peers/README.md); its database should be fresh too. Prints markdown;
+`--json` writes every figure.
 """
 
 from __future__ import annotations
