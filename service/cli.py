@@ -16,11 +16,11 @@ from service.config import (
     ROLES,
     ConfigError,
     Settings,
-    check_files,
     cursor_keys,
     load_settings,
     redact_url,
 )
+from service.setting_files import check_files
 
 log = logging.getLogger("orders.cli")
 

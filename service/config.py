@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import overload
@@ -353,27 +352,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     return settings
 
 
-def _readable(name: str, path: str) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{name}={path!r} cannot be read ({exc.strerror or exc})") from None
-
-
-def check_files(settings: Settings) -> None:
-    """The files the settings name can be read, and the TLS ones hold PEM (at `serve`'s start)."""
-    for name, path in (
-        ("AUTH_JWKS_FILE", settings.auth_jwks_file),
-        ("TLS_CERT_FILE", settings.tls_cert_file),
-        ("TLS_KEY_FILE", settings.tls_key_file),
-        ("TLS_CLIENT_CA_FILE", settings.tls_client_ca_file),
-    ):
-        if path:
-            _readable(name, path)
-    _check_tls_files(settings)
-
-
 def _check_auth(settings: Settings) -> None:
     if settings.auth_mode != "jwt":
         return
@@ -391,23 +369,3 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError(f"{missing} is required with {'TLS_CERT_FILE' if settings.tls_cert_file else 'TLS_KEY_FILE'}")
     if settings.tls_client_ca_file and not settings.tls_cert_file:
         raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (client certificates need TLS)")
-
-
-def _check_tls_files(settings: Settings) -> None:
-    if settings.tls_cert_file and settings.tls_key_file:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"TLS_CERT_FILE={settings.tls_cert_file!r} and TLS_KEY_FILE are not a matching PEM certificate"
-                f" and key ({exc})"
-            ) from None
-    if settings.tls_client_ca_file:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_verify_locations(settings.tls_client_ca_file)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"TLS_CLIENT_CA_FILE={settings.tls_client_ca_file!r} is not a PEM CA bundle ({exc})"
-            ) from None

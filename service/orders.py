@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -11,19 +10,20 @@ from typing import Any
 
 import msgspec
 
+from service.access import (
+    NO_CONTEXT,
+    RequestContext,
+    authorize,
+    may_see,
+    may_watch,
+    owner_filter,
+    sees_every_owner,
+)
 from service.cursor import CursorCodec
 from service.domain import (
-    ANONYMOUS,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    MAX_PRODUCT_LENGTH,
-    MAX_QUANTITY,
-    MIN_QUANTITY,
-    SCOPE_ADMIN,
-    SCOPE_READ,
-    SCOPE_WRITE,
     ChangesUnavailable,
-    CursorExpired,
     EventType,
     FieldViolation,
     IdempotencyClaim,
@@ -34,10 +34,8 @@ from service.domain import (
     OrderNotFound,
     OrderStatus,
     Page,
-    PermissionDenied,
     Principal,
     ValidationFailed,
-    VersionMismatch,
     can_transition,
 )
 from service.ports import (
@@ -47,16 +45,24 @@ from service.ports import (
     Clock,
     Decide,
     ExistingClaim,
-    FeedBounds,
     IdSource,
     OrderStore,
     WatchSpec,
 )
+from service.validation import (
+    check_resume,
+    check_version,
+    parse_change_cursor,
+    parse_order_id,
+    parse_status,
+    parsed_or_not_found,
+    request_fingerprint,
+    validate_idempotency_key,
+    validate_product,
+    validate_quantity,
+)
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_WATCHED_ORDERS = 100
-_MAX_CURSOR_PART = 2**64 - 1
-
 
 # (order, expected version, event) per change; spelled here because OrderService.list shadows `list`.
 _Replacements = list[tuple[Order, int, OrderEvent]]
@@ -67,154 +73,6 @@ _Flags = list[bool]
 class CreateResult(msgspec.Struct, frozen=True):
     order: Order
     replayed: bool
-
-
-class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is calling, and where a change came from (carried into its event)."""
-
-    principal: Principal = ANONYMOUS
-    request_id: str | None = None
-    traceparent: str | None = None
-
-
-NO_CONTEXT = RequestContext()
-
-
-def require(principal: Principal, scope: str) -> None:
-    """Refuse (403 / PERMISSION_DENIED) a caller without `scope`."""
-    if scope not in principal.scopes:
-        raise PermissionDenied(scope)
-
-
-# The scope each operation needs: the one table transports and the service both check against.
-OPERATION_SCOPES = {
-    "create": SCOPE_WRITE,
-    "get": SCOPE_READ,
-    "list": SCOPE_READ,
-    "update": SCOPE_WRITE,
-    "delete": SCOPE_WRITE,
-    "confirm": SCOPE_WRITE,
-    "watch": SCOPE_READ,
-}
-
-
-def authorize(operation: str, principal: Principal) -> None:
-    """Refuse a caller whose token lacks the operation's scope. Transports call it as soon as the
-    caller is known, so that a caller without the scope learns nothing about ids or bodies."""
-    require(principal, OPERATION_SCOPES[operation])
-
-
-def owner_filter(principal: Principal) -> str | None:
-    """The owner whose orders the caller sees; None for an admin, who sees every owner's."""
-    return None if SCOPE_ADMIN in principal.scopes else principal.owner
-
-
-def _check_version(current: Order, expected_version: int | None) -> None:
-    if expected_version is not None and current.version != expected_version:
-        raise VersionMismatch(expected_version, current.version)
-
-
-def _parsed_or_not_found(raw: str) -> uuid.UUID:
-    parsed = parse_order_id(raw)
-    if parsed is None:
-        raise OrderNotFound(raw)
-    return parsed
-
-
-def parse_order_id(raw: str) -> uuid.UUID | None:
-    if len(raw) != 36:
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        return None
-
-
-def parse_change_cursor(raw: str) -> tuple[int, int] | None:
-    """A change cursor is the feed position `<milliseconds>-<sequence>`; None when malformed."""
-    ms, sep, seq = raw.partition("-")
-    if not sep or not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
-        return None
-    if len(ms) > 20 or len(seq) > 20:
-        return None
-    position = int(ms), int(seq)
-    return position if max(position) <= _MAX_CURSOR_PART else None
-
-
-def _may_see(principal: Principal, owner: str) -> bool:
-    """An order is visible to its owner and to admins; to anyone else it does not exist."""
-    return owner == principal.owner or SCOPE_ADMIN in principal.scopes
-
-
-def may_watch(owner: str | None, ctx: RequestContext) -> bool:
-    """Whether the caller of `ctx` may see a change of an order owned by `owner` (None: a change
-    written before events named their owner, shown to admins only): the same rule as reading."""
-    if owner is None:
-        return SCOPE_ADMIN in ctx.principal.scopes
-    return _may_see(ctx.principal, owner)
-
-
-def _sees_every_owner(ctx: RequestContext) -> bool:
-    """True when `may_watch` holds whatever the owner, so the feed need not ask it per change."""
-    return SCOPE_ADMIN in ctx.principal.scopes  # AUTH_MODE=none: the anonymous principal is one
-
-
-def check_resume(cursor: str, position: tuple[int, int], bounds: FeedBounds) -> None:
-    """Resuming after `cursor` is exact only when no change after it has left the feed."""
-    last = parse_change_cursor(bounds.last)
-    if last is not None and position > last:
-        raise ValidationFailed([FieldViolation("after", "is ahead of the change feed: not a cursor it issued")])
-    if not bounds.trimmed:  # the feed still holds every change it ever had
-        return
-    first = parse_change_cursor(bounds.first) if bounds.first is not None else None
-    if first is None:
-        if last is not None and position < last:  # every change after it is gone
-            raise CursorExpired(cursor)
-    elif first > position:  # changes between the cursor and the oldest one held may be gone
-        raise CursorExpired(cursor)
-
-
-def _validate_product(product: object, violations: list[FieldViolation]) -> None:
-    if not isinstance(product, str):
-        violations.append(FieldViolation("product", "must be a string"))
-    elif not product.strip():
-        violations.append(FieldViolation("product", "must not be blank"))
-    elif len(product) > MAX_PRODUCT_LENGTH:
-        violations.append(FieldViolation("product", f"must be at most {MAX_PRODUCT_LENGTH} characters"))
-    elif "\x00" in product:  # PostgreSQL text cannot hold NUL: it would fail as a 500 in the store
-        violations.append(FieldViolation("product", "must not contain NUL characters"))
-
-
-def _validate_quantity(quantity: object, violations: list[FieldViolation]) -> None:
-    if not isinstance(quantity, int) or isinstance(quantity, bool):
-        violations.append(FieldViolation("quantity", "must be an integer"))
-    elif not MIN_QUANTITY <= quantity <= MAX_QUANTITY:
-        violations.append(FieldViolation("quantity", f"must be between {MIN_QUANTITY} and {MAX_QUANTITY}"))
-
-
-def parse_status(raw: str, field: str = "status") -> OrderStatus:
-    try:
-        return OrderStatus(raw)
-    except ValueError:
-        allowed = ", ".join(s.value for s in OrderStatus)
-        raise ValidationFailed([FieldViolation(field, f"must be one of: {allowed}")]) from None
-
-
-def validate_idempotency_key(key: str) -> None:
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not all(33 <= ord(c) <= 126 for c in key):
-        raise ValidationFailed(
-            [
-                FieldViolation(
-                    "Idempotency-Key",
-                    f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters",
-                )
-            ]
-        )
-
-
-def request_fingerprint(product: str, quantity: int) -> bytes:
-    """Identifies a create request independent of transport and JSON formatting."""
-    return hashlib.sha256(msgspec.msgpack.encode((product, quantity))).digest()
 
 
 class OrderService:
@@ -257,8 +115,8 @@ class OrderService:
         """Create an order owned by the caller (an admin too creates its own)."""
         authorize("create", ctx.principal)
         violations: list[FieldViolation] = []
-        _validate_product(product, violations)
-        _validate_quantity(quantity, violations)
+        validate_product(product, violations)
+        validate_quantity(quantity, violations)
         if violations:
             raise ValidationFailed(violations)
         now = self._clock.now()
@@ -289,8 +147,8 @@ class OrderService:
 
     async def _read(self, order_id: str, principal: Principal) -> tuple[Order, str]:
         """The order and its owner; another owner's order is not found, exactly as if absent."""
-        found = await self._store.get(_parsed_or_not_found(order_id))
-        if found is None or not _may_see(principal, found[1]):
+        found = await self._store.get(parsed_or_not_found(order_id))
+        if found is None or not may_see(principal, found[1]):
             raise OrderNotFound(order_id)
         return found
 
@@ -345,9 +203,9 @@ class OrderService:
         authorize("update", ctx.principal)
         violations: list[FieldViolation] = []
         if product is not None:
-            _validate_product(product, violations)
+            validate_product(product, violations)
         if quantity is not None:
-            _validate_quantity(quantity, violations)
+            validate_quantity(quantity, violations)
         target_status = None
         if status is not None:
             try:
@@ -359,7 +217,7 @@ class OrderService:
 
         def decide_for(owner: str) -> Decide:
             def decide(current: Order) -> Change:
-                _check_version(current, expected_version)
+                check_version(current, expected_version)
                 new_status = current.status if target_status is None else target_status
                 if not can_transition(current.status, new_status):
                     raise InvalidTransition(current.status, new_status)
@@ -380,11 +238,11 @@ class OrderService:
         self, order_id: str, *, expected_version: int | None = None, ctx: RequestContext = NO_CONTEXT
     ) -> None:
         authorize("delete", ctx.principal)
-        parsed = _parsed_or_not_found(order_id)
+        parsed = parsed_or_not_found(order_id)
         current, owner = await self._read(order_id, ctx.principal)
 
         def decide(current: Order) -> OrderEvent:
-            _check_version(current, expected_version)
+            check_version(current, expected_version)
             last_state = msgspec.structs.replace(current, updated_at=self._clock.now())
             return self._event(EventType.DELETED, last_state, owner, ctx)
 
@@ -437,7 +295,7 @@ class OrderService:
             current, owner = found
             index = first_request[order_id]
             principal = requests[index][1].principal
-            if current.status is not OrderStatus.PENDING or not _may_see(principal, owner):
+            if current.status is not OrderStatus.PENDING or not may_see(principal, owner):
                 continue
             changed, event = self._next_version(current, owner, requests[index][1], status=OrderStatus.CONFIRMED)
             assert event is not None
@@ -463,7 +321,7 @@ class OrderService:
         lose one another's updates, and every one of them makes progress. An order's owner never
         changes, so the rule made for the owner read first holds under the lock too.
         """
-        parsed = _parsed_or_not_found(order_id)
+        parsed = parsed_or_not_found(order_id)
         current, owner = await self._read(order_id, principal)
         decide = decide_for(owner)
         changed, event = decide(current)
@@ -511,13 +369,13 @@ class OrderService:
             missing = [
                 text
                 for text, order in zip(ids, found, strict=True)
-                if order is None or not _may_see(ctx.principal, order[1])  # another owner's: as if absent
+                if order is None or not may_see(ctx.principal, order[1])  # another owner's: as if absent
             ]
             if missing:
                 raise ValidationFailed([FieldViolation("order_id", f"order {missing[0]} not found")])
         spec = WatchSpec(
             frozenset(ids) or None,
-            None if _sees_every_owner(ctx) else (lambda owner: may_watch(owner, ctx)),
+            None if sees_every_owner(ctx) else (lambda owner: may_watch(owner, ctx)),
         )
         subscription = await self._changes.subscribe(after if position is not None else None, spec)
         if after is not None and position is not None:

@@ -25,10 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,12 +33,23 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from service.access import RequestContext
 from service.domain import SYSTEM, EventType, StoreUnavailable
+from service.events.dead_letters import dead_letter
+from service.events.entries import (
+    CREATED,
+    NOTHING_TO_DO,
+    Entry,
+    consumer_name,
+    decode_ref,
+    log_handled,
+    order_id_of,
+)
 from service.events.heartbeat import no_beat
-from service.events.stream import FailureStreak, Fields, StreamNames, sleep_unless, text
+from service.events.stream import FailureStreak, StreamNames, sleep_unless, text
 from service.observability.logging import request_id_var
 from service.observability.tracing import NO_TRACER, Tracer
-from service.orders import OrderService, RequestContext
+from service.orders import OrderService
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +57,6 @@ READ_COUNT = 500
 HANDLED_AT_ONCE = 2
 READ_BLOCK_MS = 1000
 CLAIM_COUNT = 100
-
-
-class _OrderRef(msgspec.Struct):
-    id: uuid.UUID
-
-
-_decode_ref = msgspec.json.Decoder(_OrderRef).decode
-_CREATED = EventType.CREATED.value.encode()
-# Events the consumer only acknowledges (the confirmation's own order.updated among them).
-_NOTHING_TO_DO = frozenset((EventType.UPDATED.value.encode(), EventType.DELETED.value.encode()))
-
-
-def _order_id(entry: Entry) -> str | None:
-    try:
-        return str(_decode_ref(entry.fields.get(b"payload", b"")).id)
-    except msgspec.DecodeError:
-        return None
-
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class Entry(msgspec.Struct):
-    id: bytes
-    fields: Fields
-    deliveries: int
 
 
 class Consumer:
@@ -242,12 +223,12 @@ class Consumer:
             event = entry.fields.get(b"event")
             if entry.deliveries > self._max_deliveries:
                 one_by_one.append(entry)  # dead-lettered on its own
-            elif batched and event in _NOTHING_TO_DO:
+            elif batched and event in NOTHING_TO_DO:
                 acks.append(entry.id)
                 self.handled_total += 1
                 if log.isEnabledFor(logging.DEBUG):
-                    self._log_handled(entry, "ignored")
-            elif batched and event == _CREATED and (order_id := _order_id(entry)) is not None:
+                    log_handled(entry, "ignored")
+            elif batched and event == CREATED and (order_id := order_id_of(entry)) is not None:
                 creates.append((entry, order_id))
             else:
                 one_by_one.append(entry)
@@ -287,7 +268,7 @@ class Consumer:
         self.handled_total += len(creates)
         if log.isEnabledFor(logging.DEBUG):
             for (entry, _), confirmed in zip(creates, outcomes, strict=True):
-                self._log_handled(entry, "confirmed" if confirmed else "not pending")
+                log_handled(entry, "confirmed" if confirmed else "not pending")
         return [entry.id for entry, _ in creates], []
 
     async def _handle_by_order(self, entries: list[Entry], stop: asyncio.Event) -> list[bytes]:
@@ -296,7 +277,7 @@ class Consumer:
         for entry in entries:
             key: object
             try:
-                key = _decode_ref(entry.fields.get(b"payload", b"")).id
+                key = decode_ref(entry.fields.get(b"payload", b"")).id
             except msgspec.DecodeError:
                 key = entry.id
             by_order.setdefault(key, []).append(entry)
@@ -336,26 +317,8 @@ class Consumer:
                 self._pg_streak.succeeded()
                 break
             self.handled_total += 1
-            self._log_handled(entry, outcome)
+            log_handled(entry, outcome)
             return True
-        finally:
-            request_id_var.reset(token)
-
-    def _log_handled(self, entry: Entry, outcome: str) -> None:
-        """One line per handled event, at DEBUG (at INFO it cost more than confirming the order),
-        with the request id of the request that made the event."""
-        token = request_id_var.set(text(entry.fields, "request_id") or None)
-        try:
-            log.debug(
-                "event handled",
-                extra={
-                    "event": text(entry.fields, "event"),
-                    "event_id": text(entry.fields, "event_id"),
-                    "entry_id": entry.id.decode(),
-                    "deliveries": entry.deliveries,
-                    "outcome": outcome,
-                },
-            )
         finally:
             request_id_var.reset(token)
 
@@ -387,7 +350,7 @@ class Consumer:
     async def _process(self, entry: Entry, request_id: str) -> str:
         event = text(entry.fields, "event")
         if event == EventType.CREATED:
-            order_id = str(_decode_ref(entry.fields.get(b"payload", b"")).id)
+            order_id = str(decode_ref(entry.fields.get(b"payload", b"")).id)
             ctx = RequestContext(
                 principal=SYSTEM,
                 request_id=request_id or None,
@@ -426,20 +389,5 @@ class Consumer:
         return False
 
     async def _dead_letter(self, entry: Entry, error: str) -> None:
-        fields: dict[Any, Any] = dict(entry.fields)
-        fields.update({"error": error, "original_id": entry.id, "deliveries": str(entry.deliveries)})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._names.dlq, fields, maxlen=self._dlq_maxlen, approximate=True)
-            pipe.xack(self._names.stream, self._names.group, entry.id)
-            await pipe.execute()
+        await dead_letter(self._redis, self._names, entry, error, maxlen=self._dlq_maxlen)
         self._retry_at.pop(entry.id, None)
-        log.error(
-            "event dead-lettered",
-            extra={
-                "event": text(entry.fields, "event"),
-                "entry_id": entry.id.decode(),
-                "deliveries": entry.deliveries,
-                "dlq": self._names.dlq,
-                "error": error,
-            },
-        )

@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from service.access import RequestContext
 from service.domain import ANONYMOUS, FieldViolation, ValidationFailed
 from service.grpc.convert import ChangeMessages, order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import status_for
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
-from service.orders import OrderService, RequestContext
+from service.orders import OrderService
 from service.ports import Authenticator
 
 Reply = TypeVar("Reply")

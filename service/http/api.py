@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, quote
 
 import msgspec
 
+from service.access import RequestContext, authorize, require
 from service.domain import ANONYMOUS, SCOPE_ADMIN, Order, Principal
 from service.http import sse
 from service.http.problems import (
@@ -27,7 +28,7 @@ from service.http.schemas import CreateOrderBody, Health, Readiness, UpdateOrder
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.readiness import ALWAYS_READY
 from service.observability.tracing import NO_TRACER, Tracer
-from service.orders import OrderService, RequestContext, authorize, require
+from service.orders import OrderService
 from service.ports import Authenticator, ChangeSubscription
 from service.ratelimit import RateLimiter
 

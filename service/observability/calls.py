@@ -18,10 +18,10 @@ from typing import Protocol
 
 import uuid_utils
 
+from service.access import RequestContext
 from service.domain import Principal
 from service.observability.logging import log_access, request_id_var
 from service.observability.tracing import Attributes, Span, Tracer
-from service.orders import RequestContext
 
 
 class CallMetrics(Protocol):

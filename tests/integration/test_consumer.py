@@ -12,11 +12,12 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from service.access import RequestContext
 from service.domain import OrderStatus
 from service.events.consumer import Consumer
 from service.events.stream import StreamNames
 from service.observability.logging import request_id_var
-from service.orders import OrderService, RequestContext
+from service.orders import OrderService
 from service.store.database import Database
 from service.store.postgres import PostgresOrderStore
 

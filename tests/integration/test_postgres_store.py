@@ -8,10 +8,11 @@ from datetime import timedelta
 import msgspec
 import pytest
 
+from service.access import RequestContext
 from service.clock import SystemClock, UuidV7Source
 from service.cursor import CursorCodec
 from service.domain import IdempotencyKeyReused, OrderStatus, StoreUnavailable
-from service.orders import CreateResult, OrderService, RequestContext
+from service.orders import CreateResult, OrderService
 from service.store.database import Database
 from service.store.migrator import load_migrations, migrate
 from service.store.postgres import PostgresOrderStore

@@ -11,10 +11,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from service.access import RequestContext
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.events.stream import StreamNames
-from service.orders import OrderService, RequestContext
+from service.orders import OrderService
 from service.store.database import Database
 from service.store.postgres import PostgresOutbox
 from tests.conftest import IsolatedSchema

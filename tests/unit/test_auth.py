@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from service.access import RequestContext
 from service.auth.keys import JwksError, KeyRing, parse_jwks
 from service.auth.verifier import JwtAuthenticator
 from service.config import ConfigError, load_settings
@@ -22,7 +23,6 @@ from service.domain import (
     Principal,
     Unauthenticated,
 )
-from service.orders import RequestContext
 from tests.auth_tokens import AUDIENCE, ISSUER, SigningKey, hs256_with_public_key, jwks, unsigned_token
 from tests.unit.fakes import make_service
 

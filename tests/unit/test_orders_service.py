@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.access import RequestContext
 from service.domain import (
     EventType,
     IdempotencyKeyReused,
@@ -13,7 +14,6 @@ from service.domain import (
     ValidationFailed,
     VersionMismatch,
 )
-from service.orders import RequestContext
 from tests.unit.fakes import make_service
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from service.domain import ChangesUnavailable, CursorExpired, ValidationFailed
-from service.orders import check_resume, parse_change_cursor
 from service.ports import FeedBounds
+from service.validation import check_resume, parse_change_cursor
 from tests.unit.fakes import make_service
 
 
