@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import h2load as h2load_tool
 from benchmarks.database import admin_sql
 from benchmarks.processes import ServiceProcess, descendants
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
@@ -81,25 +81,11 @@ def h2load(service: ServiceProcess, order_id: str, token: str, seconds: int) -> 
     from service.grpc.pb import orders_pb2
 
     message = orders_pb2.GetOrderRequest(id=order_id).SerializeToString()
-    with tempfile.NamedTemporaryFile("wb", suffix=".bin", delete=False) as handle:
-        handle.write(b"\0" + len(message).to_bytes(4, "big") + message)
-    try:
-        command = [
-            "h2load", "-D", str(seconds), "-c", "8", "-m", "4", "-t", "1", "-d", handle.name,
-            "-H", "content-type: application/grpc", "-H", "te: trailers",
-            *(["-H", f"authorization: Bearer {token}"] if token else []),
-            f"http://127.0.0.1:{service.grpc_port}/orders.OrderService/GetOrder",
-        ]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(handle.name)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    took = re.search(r"finished in ([\d.]+)s", out)
-    if done is None or took is None:
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
+    headers = (f"authorization: Bearer {token}",) if token else ()
+    figures = h2load_tool.run(service.grpc_target, "orders.OrderService/GetOrder", message, seconds, headers)
     # grpc-status is in trailers, which h2load does not check: 200 with UNAUTHENTICATED counts as
     # success, so each case is checked with a real call before it is measured (see `check_grpc`).
-    return int(done.group(2)), float(took.group(1)), int(done.group(1)) - int(done.group(2))
+    return figures["succeeded"], figures["seconds"], figures["errors"]
 
 
 def check_grpc(service: ServiceProcess, order_id: str, token: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import h2load
 from benchmarks.database import admin_sql
 from benchmarks.processes import ServiceProcess, descendants, rss_kib
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
@@ -96,41 +97,20 @@ def h2load_get_order(service: ServiceProcess, seconds: float) -> dict[str, Any] 
     The Python gRPC client costs about as much CPU per call as the server, so on two cores it
     caps what the gRPC figure can show; h2load takes it out. Every call asks for the same order.
     """
-    binary = shutil.which("h2load")
-    if binary is None:
+    if not h2load.installed():
         return None
     from service.grpc.pb import orders_pb2
 
     created = httpx.post(f"http://127.0.0.1:{service.port}/orders", json={"product": "h2load", "quantity": 1})
     message = orders_pb2.GetOrderRequest(id=created.json()["id"]).SerializeToString()
-    with tempfile.NamedTemporaryFile("wb", suffix=".bin", delete=False) as handle:
-        handle.write(b"\0" + len(message).to_bytes(4, "big") + message)
-    try:
-        command = [
-            binary, "-D", str(max(1, int(seconds))), "-c", "8", "-m", "4", "-t", "1", "-d", handle.name,
-            "-H", "content-type: application/grpc", "-H", "te: trailers",
-            f"http://127.0.0.1:{service.grpc_port}/orders.OrderService/GetOrder",
-        ]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(handle.name)
-    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
-    timing = re.search(r"time for request:\s+([\d.]+)(us|ms)\s+([\d.]+)(us|ms)\s+([\d.]+)(us|ms)", out)
-    failed = re.search(r"(\d+) failed, (\d+) errored", out)
-    if rate is None or timing is None or failed is None:
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
-
-    def ms(value: str, unit: str) -> float:
-        return round(float(value) / (1000 if unit == "us" else 1), 3)
-
+    figures = h2load.run(service.grpc_target, "orders.OrderService/GetOrder", message, seconds)
     return {
         "label": "gRPC GetOrder, 32 streams on 8 connections",
         "driver": "h2load",
-        "throughput_rps": float(rate.group(1)),
-        "latency_ms": {"p50": "-", "p90": f"mean {ms(timing.group(5), timing.group(6))}", "p99": "-",
-                       "max": ms(timing.group(3), timing.group(4))},
-        "error_count": int(failed.group(1)) + int(failed.group(2)),
-    }  # fmt: skip
+        "throughput_rps": figures["calls_per_s"],
+        "latency_ms": {"p50": "-", "p90": f"mean {figures['mean_ms']}", "p99": "-", "max": figures["max_ms"]},
+        "error_count": figures["errors"],
+    }
 
 
 def process_rss(pid: int) -> tuple[str, float]:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import grpc
 import httpx
 
+from benchmarks import h2load as h2load_tool
 from benchmarks.database import admin_sql, fetch_rows
 from benchmarks.processes import ServiceProcess, descendants, free_port
 from service.config import LOCAL_POSTGRES_ADMIN_URL, with_database
@@ -148,21 +148,8 @@ def grpc_load(target: str, scenario: str, seconds: float, warmup: float) -> dict
 
 
 def h2load(target: str, method: str, message: bytes, seconds: float) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("wb", suffix=".bin", delete=False) as handle:
-        handle.write(b"\0" + len(message).to_bytes(4, "big") + message)
-    try:
-        command = [
-            "h2load", "-D", str(int(seconds)), "-c", "8", "-m", "4", "-t", "1", "-d", handle.name,
-            "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{target}/{method}",
-        ]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(handle.name)
-    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
-    failed = re.search(r"(\d+) failed, (\d+) errored", out)
-    if rate is None or failed is None:
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
-    return {"calls_per_s": float(rate.group(1)), "errors": int(failed.group(1)) + int(failed.group(2))}
+    figures = h2load_tool.run(target, method, message, seconds)
+    return {"calls_per_s": figures["calls_per_s"], "errors": figures["errors"]}
 
 
 def grpc_messages(target: str) -> dict[str, bytes]:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
 
 from service.clock import SystemClock, UuidV7Source
 from service.cursor import CursorCodec
@@ -10,6 +12,9 @@ from service.orders import OrderService
 from service.store.database import Database
 from service.store.postgres import PostgresOrderStore
 from tests.conftest import IsolatedSchema
+
+if TYPE_CHECKING:
+    from tests.conftest import TestServices
 
 
 @pytest.fixture
@@ -29,3 +34,12 @@ def store(database: Database) -> PostgresOrderStore:
 @pytest.fixture
 def pg_service(store: PostgresOrderStore) -> OrderService:
     return OrderService(store, SystemClock(), UuidV7Source(), CursorCodec(b"it"))
+
+
+@pytest.fixture
+async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(test_services.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

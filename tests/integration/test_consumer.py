@@ -22,18 +22,9 @@ from service.store.database import Database
 from service.store.postgres import PostgresOrderStore
 
 if TYPE_CHECKING:
-    from tests.conftest import TestServices
+    pass
 
 GROUP = "order-processors"
-
-
-@pytest.fixture
-async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(test_services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

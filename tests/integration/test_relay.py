@@ -21,16 +21,7 @@ from service.store.postgres import PostgresOutbox
 from tests.conftest import IsolatedSchema
 
 if TYPE_CHECKING:
-    from tests.conftest import TestServices
-
-
-@pytest.fixture
-async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(test_services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    pass
 
 
 @pytest.fixture

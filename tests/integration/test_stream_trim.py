@@ -15,19 +15,10 @@ from service.events.stream import StreamNames
 from service.ports import OutboxRecord
 
 if TYPE_CHECKING:
-    from tests.conftest import TestServices
+    pass
 
 MAXLEN = 50
 GROUP = "order-processors"
-
-
-@pytest.fixture
-async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(test_services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
