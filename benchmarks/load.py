@@ -131,7 +131,9 @@ class HttpDriver:
         self._check(status, 200)
 
     async def update(self, conn: HttpConnection, order_id: str) -> None:
-        body = json.dumps({"product": "load-updated", "quantity": random.randint(1, 9)}).encode()
+        # The whole order, as the peers' PUT wants it; "confirmed" is valid for every order the tool
+        # updates (pending or already confirmed).
+        body = json.dumps({"product": "load-updated", "quantity": random.randint(1, 9), "status": "confirmed"}).encode()
         status, _ = await conn.request("PUT", f"/orders/{order_id}", body)
         self._check(status, 200)
 

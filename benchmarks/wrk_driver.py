@@ -59,7 +59,7 @@ request = function()
   elseif op == "list" then
     return wrk.format("GET", "/orders?limit=20")
   elseif op == "update" then
-    local body = string.format('{{"product":"load-updated","quantity":%d}}', math.random(1, 9))
+    local body = string.format('{{"product":"load-updated","quantity":%d,"status":"confirmed"}}', math.random(1, 9))
     return wrk.format("PUT", "/orders/" .. ids[math.random(1, #ids)], json_headers, body)
   end
   return wrk.format("GET", "/health")

@@ -71,14 +71,18 @@ SELECT count(*) FROM changed
 
 # Conditional updates of different orders that arrive in the same loop turn: one statement. Each
 # order appears at most once per batch (see _update_many), so a row joins exactly one input row.
+# The rows are locked first, in id order: two batches that share orders (two processes, or two
+# batches in flight in one) then wait for each other instead of deadlocking.
 _UPDATE_MANY = """
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::bigint[])
         AS u(id, product, quantity, status, version, updated_at, expected_version)
+), locked AS (
+    SELECT o.id FROM orders o WHERE o.id IN (SELECT id FROM input) ORDER BY o.id FOR UPDATE
 ), changed AS (
     UPDATE orders o SET product = u.product, quantity = u.quantity, status = u.status, version = u.version,
                         updated_at = u.updated_at
-    FROM input u WHERE o.id = u.id AND o.version = u.expected_version
+    FROM input u WHERE o.id = u.id AND o.version = u.expected_version AND o.id IN (SELECT id FROM locked)
     RETURNING o.id
 ), new_events AS (
     INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
