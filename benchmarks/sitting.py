@@ -101,7 +101,7 @@ def confirmation_drain(dsn: str, timeout: float = 60.0) -> dict[str, Any]:
 def rest_service(args: argparse.Namespace, roles: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with fresh_database(args.admin_url, f"sitting_{uuid.uuid4().hex[:8]}") as dsn:
-        service = ServiceProcess(dsn, args.redis_url, roles, {"LOG_LEVEL": "WARNING"}, name="sitting")
+        service = ServiceProcess(dsn, args.redis_url, roles, {"LOG_LEVEL": "WARNING", **args.env}, name="sitting")
         service.start(wait_for_grpc="grpc" in roles, timeout=60)
         try:
             for label, scenario, extra in REST_SCENARIOS:
@@ -171,7 +171,7 @@ def grpc_messages(target: str) -> dict[str, bytes]:
 def grpc_service(args: argparse.Namespace, workers: int, messages: dict[str, bytes] | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with fresh_database(args.admin_url, f"sitting_{uuid.uuid4().hex[:8]}") as dsn:
-        env = {"LOG_LEVEL": "WARNING", "HTTP_WORKERS": "1", "GRPC_WORKERS": str(workers)}
+        env = {"LOG_LEVEL": "WARNING", **args.env, "HTTP_WORKERS": "1", "GRPC_WORKERS": str(workers)}
         service = ServiceProcess(dsn, args.redis_url, "http,grpc", env, name="sitting")
         service.start(wait_for_grpc=True, timeout=60)
         try:
@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--json", dest="json_path", default="benchmarks/sitting-latest.json")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service (repeatable)"
+    )
     args = parser.parse_args(argv)
+    args.env = dict(item.split("=", 1) for item in args.env)
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is needed (apt-get install wrk nghttp2-client)")
