@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting bench-revisions \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 $(STAMP): pyproject.toml
@@ -100,6 +100,11 @@ bench-results: $(STAMP)
 PEER_URL ?=
 bench-sitting: $(STAMP)
 	$(BIN)/python -m benchmarks.sitting $${PEER_URL:+--peer-url $$PEER_URL}
+
+## Before/after of whole revisions, interleaved in one sitting: make bench-revisions REVISIONS="8ffcbcf HEAD"
+REVISIONS ?= HEAD~1 HEAD
+bench-revisions: $(STAMP)
+	$(BIN)/python -m benchmarks.revisions $(REVISIONS)
 
 ## The same REST handlers on granian RSGI (production), granian ASGI and robyn, side by side (~2 min):
 ## req/s, p50/p99, CPU per request, SIGTERM behaviour; writes benchmarks/runtimes/LATEST.md.

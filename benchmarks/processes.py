@@ -59,6 +59,7 @@ def start_until_ready(
     timeout: float,
     name: str = "the service",
     not_yet: tuple[type[BaseException], ...] = (OSError,),
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `command` in a session of its own and poll `ready(pid)` until it holds (an exception
     of a `not_yet` type, such as a refused connection, counts as not ready).
@@ -67,7 +68,7 @@ def start_until_ready(
     whole process group is then killed, so nothing is left behind).
     """
     process = subprocess.Popen(
-        list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,7 +95,8 @@ class ServiceProcess:
     """One `orders-service serve` process tree on free ports, with an events stream of its own.
 
     `extra_env` overrides the defaults below (and anything else the service reads); `name` goes
-    into the stream's and the log file's names.
+    into the stream's and the log file's names; `source` runs the service from another checkout
+    of the project (its own `service` package first on the path, see benchmarks.revisions).
     """
 
     DEFAULTS: Mapping[str, str] = {
@@ -112,6 +114,7 @@ class ServiceProcess:
         extra_env: Mapping[str, str] | None = None,
         *,
         name: str = "test",
+        source: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.grpc_port = free_port()
@@ -130,7 +133,9 @@ class ServiceProcess:
             "ROLES": roles,
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
+            **({"PYTHONPATH": str(source)} if source is not None else {}),
         }
+        self.source = source
         self.log_file = tempfile.NamedTemporaryFile(prefix=f"orders-{name}-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -171,6 +176,7 @@ class ServiceProcess:
             ready,
             timeout,
             not_yet=(httpx.HTTPError, OSError),
+            cwd=self.source,
         )
 
     def signal(self, signum: int) -> None:
