@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.events.stream import StreamNames, entry_arguments
+from service.events.stream import StreamNames, packed_entries
 from service.events.stream_script import PUBLISH_AND_TRIM
 from service.observability.tracing import NO_TRACER, Tracer
 from service.ports import OutboxRecord, PublishFailed
@@ -56,7 +56,4 @@ class RedisStreamPublisher:
             raise PublishFailed(f"XADD to {self._stream} failed: {exc!r}") from exc
 
     async def _xadd(self, records: Sequence[OutboxRecord]) -> None:
-        arguments: list[str | int] = [self._maxlen, self._group]
-        for record in records:
-            arguments += entry_arguments(record)
-        await self._script(keys=[self._stream], args=arguments)
+        await self._script(keys=[self._stream], args=[self._maxlen, self._group, packed_entries(records)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC
 
 import msgspec
@@ -44,13 +45,13 @@ def entry_fields(record: OutboxRecord) -> dict[str, str]:
     return fields
 
 
-def entry_arguments(record: OutboxRecord) -> list[str | int]:
-    """The entry as the publish script takes it: its field count, then fields and values."""
-    pairs = entry_fields(record)
-    arguments: list[str | int] = [2 * len(pairs)]
-    for name, value in pairs.items():
-        arguments += (name, value)
-    return arguments
+_encode_entries = msgspec.msgpack.Encoder().encode
+
+
+def packed_entries(records: Sequence[OutboxRecord]) -> bytes:
+    """The entries of `records` as the publish script takes them: one MessagePack array holding,
+    per entry, its fields and values in turn."""
+    return _encode_entries([[part for pair in entry_fields(record).items() for part in pair] for record in records])
 
 
 def text(fields: Fields, name: str) -> str:

@@ -1,28 +1,26 @@
 """The relay's publish script: a batch of XADDs and a trim that never drops unconsumed entries.
 
 One EVALSHA per batch instead of one XADD command per event (redis-py's per-command work was most
-of the relay's CPU). After adding, the stream is cut back towards `maxlen`, but never past the
-oldest entry the consumer group still needs: its oldest pending entry, or the first entry it has
-not yet read. With the group stopped the stream grows beyond `maxlen` rather than losing events;
-once the group catches up, the next batch trims it back. (XADD's own MAXLEN ignores consumer
-groups: it would drop entries nobody had read.) Without the group there is nothing to wait for and
-the stream is cut to `maxlen`.
+of the relay's CPU), and the batch's entries as one MessagePack argument rather than one argument
+per field and value (redis-py encoding each of them was the next largest part). After adding, the
+stream is cut back towards `maxlen`, but never past the oldest entry the consumer group still
+needs: its oldest pending entry, or the first entry it has not yet read. With the group stopped
+the stream grows beyond `maxlen` rather than losing events; once the group catches up, the next
+batch trims it back. (XADD's own MAXLEN ignores consumer groups: it would drop entries nobody had
+read.) Without the group there is nothing to wait for and the stream is cut to `maxlen`.
 
-KEYS[1]: the stream. ARGV[1]: maxlen; ARGV[2]: the consumer group; then each entry as its field
-count followed by its fields and values. Returns {entries added, entries trimmed}.
+KEYS[1]: the stream. ARGV[1]: maxlen; ARGV[2]: the consumer group; ARGV[3]: the entries, a
+MessagePack array with one array of fields and values per entry. Returns {entries added, entries
+trimmed}.
 """
 
 PUBLISH_AND_TRIM = """
 local stream = KEYS[1]
 local maxlen = tonumber(ARGV[1])
 local group = ARGV[2]
-local i = 3
-local n = #ARGV
 local added = 0
-while i <= n do
-  local count = tonumber(ARGV[i])
-  redis.call('XADD', stream, '*', unpack(ARGV, i + 1, i + count))
-  i = i + count + 1
+for _, fields in ipairs(cmsgpack.unpack(ARGV[3])) do
+  redis.call('XADD', stream, '*', unpack(fields))
   added = added + 1
 end
 local length = redis.call('XLEN', stream)
