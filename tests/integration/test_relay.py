@@ -71,13 +71,7 @@ async def test_publishes_in_outbox_order_with_fields_and_marks(
     await pg_service.delete(str(created[1].id))
     written = await database.fetch("SELECT event_id FROM outbox ORDER BY id")
     relay = make_relay(database, schema, redis_client, stream, batch_size=2)  # several rounds
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await wait_for(lambda: _length_is(redis_client, stream, 5))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    await _run_until_published(relay, redis_client, stream, 5)
     entries = await redis_client.xrange(stream)
     assert [e[1][b"event_id"].decode() for e in entries] == [str(row[0]) for row in written]
     assert await database.fetch("SELECT id FROM outbox") == []  # OUTBOX_RETENTION=0: deleted once published
@@ -100,6 +94,17 @@ async def test_publishes_in_outbox_order_with_fields_and_marks(
 
 async def _length_is(client: aioredis.Redis, stream: str, n: int) -> bool:
     return int(await client.xlen(stream)) >= n
+
+
+async def _run_until_published(relay: Relay, client: aioredis.Redis, stream: str, n: int) -> None:
+    """Run the relay until the stream holds `n` entries, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: _length_is(client, stream, n))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
 
 
 async def test_notification_wakes_the_relay_without_polling(
@@ -157,13 +162,7 @@ async def test_with_a_retention_published_rows_are_kept_marked_then_purged_in_ba
     for i in range(5):
         await pg_service.create(f"r{i}", 1)
     relay = make_relay(database, schema, redis_client, stream, retention=0.5)
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await wait_for(lambda: _length_is(redis_client, stream, 5))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    await _run_until_published(relay, redis_client, stream, 5)
     rows = await database.fetch("SELECT published_at FROM outbox")
     assert len(rows) == 5 and all(row[0] is not None for row in rows)
     outbox = PostgresOutbox(database, schema.dsn, retention=0.5)
