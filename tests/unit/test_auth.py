@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -325,3 +326,17 @@ async def test_over_rest_a_reader_learns_nothing_from_a_malformed_write() -> Non
         response = await api.handle(HttpRequest(method, path, "", headers, body))
         assert response.status == 403, (method, response.body)
         assert b"insufficient" in response.body
+
+
+@pytest.mark.parametrize(("bind", "warned"), [("0.0.0.0", True), ("10.1.2.3", True), ("127.0.0.1", False)])
+def test_auth_none_beyond_loopback_is_warned_at_start(
+    bind: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.cli import _check_start
+
+    with caplog.at_level(logging.WARNING, logger="orders.cli"):
+        _check_start(load_settings({"AUTH_MODE": "none", "BIND": bind}))
+    warnings = [record for record in caplog.records if "AUTH_MODE=none" in record.getMessage()]
+    assert bool(warnings) is warned
+    if warned:
+        assert "beyond loopback" in warnings[0].getMessage() and warnings[0].bind == bind  # type: ignore[attr-defined]
