@@ -24,7 +24,7 @@ import trustme
 
 from benchmarks.processes import ServiceProcess
 from service.app import Resources
-from service.config import load_settings
+from service.config import ConfigError, load_settings
 from service.store.database import Database
 from service.store.migrator import migrate
 from tests.conftest import free_port
@@ -153,6 +153,31 @@ async def test_verify_full_checks_the_host_name(tls_postgres: PrivatePostgres, p
 async def test_plaintext_is_refused_by_the_server(tls_postgres: PrivatePostgres) -> None:
     error = await _connect_error(_pg_url(tls_postgres, "sslmode=disable"))
     assert "no encryption" in error, error
+
+
+@pytest.mark.parametrize("mode", ["verify-full", "verify-ca"])
+async def test_a_verify_mode_without_a_ca_is_refused_not_left_unverified(
+    tls_postgres: PrivatePostgres, mode: str
+) -> None:
+    """psqlpy's Require without a CA file checks nothing: the service must not connect at all."""
+    dsn = _pg_url(tls_postgres, f"sslmode={mode}")
+    with pytest.raises(ValueError, match="needs sslrootcert"):
+        Database(dsn, pool_size=2, acquire_timeout=5.0)
+    with pytest.raises(ValueError, match="needs sslrootcert"):
+        await migrate(dsn)
+    with pytest.raises(ConfigError, match=f"DATABASE_URL: sslmode={mode} needs sslrootcert"):
+        load_settings({"DATABASE_URL": dsn})
+
+
+def test_the_urls_tls_options_are_checked_at_start(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="sslmode='verify_full' must be one of"):
+        load_settings({"DATABASE_URL": "postgresql://u@h/db?sslmode=verify_full"})
+    ok = f"postgresql://u@h/db?sslmode=verify-full&sslrootcert={pki.ca}"
+    assert load_settings({"DATABASE_URL": ok}).database_url == ok
+    with pytest.raises(ConfigError, match="REDIS_URL: ssl_ca_certs need a rediss:// URL"):
+        load_settings({"REDIS_URL": f"redis://h:6379/0?ssl_ca_certs={pki.ca}"})
+    ok = f"rediss://h:6379/0?ssl_ca_certs={pki.ca}"
+    assert load_settings({"REDIS_URL": ok}).redis_url == ok
 
 
 async def test_verify_ca_checks_the_host_name_too(tls_postgres: PrivatePostgres, pki: Pki) -> None:
