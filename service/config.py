@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import overload
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import msgspec
 
@@ -170,6 +170,32 @@ def _url(*schemes: str) -> Callable[[str, str], str]:
     return parse
 
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _database_url(name: str, raw: str) -> str:
+    """A postgres(ql):// URL whose `sslmode` is one of libpq's, a verify-* one with `sslrootcert`."""
+    _url("postgres", "postgresql")(name, raw)
+    params = dict(parse_qsl(urlsplit(raw).query, keep_blank_values=True))
+    mode = params.get("sslmode")
+    if mode is not None and mode not in _SSLMODES:
+        raise ConfigError(f"{name}: sslmode={mode!r} must be one of {', '.join(_SSLMODES)}")
+    if mode in ("verify-ca", "verify-full") and not params.get("sslrootcert"):
+        raise ConfigError(f"{name}: sslmode={mode} needs sslrootcert=<CA file> (the CA of the server's certificate)")
+    return raw
+
+
+def _redis_url(name: str, raw: str) -> str:
+    """A redis://, rediss:// or unix:// URL; redis-py's `ssl_*` query options (`ssl_ca_certs`: the
+    CA file to verify the server's certificate with) only with rediss://, where they take effect."""
+    _url("redis", "rediss", "unix")(name, raw)
+    parts = urlsplit(raw)
+    ssl_options = [key for key, _ in parse_qsl(parts.query) if key.startswith("ssl_")]
+    if ssl_options and parts.scheme != "rediss":
+        raise ConfigError(f"{name}: {', '.join(ssl_options)} need a rediss:// URL (TLS)")
+    return raw
+
+
 def _otlp_endpoint(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -264,8 +290,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PPROF_PORT": ("pprof_port", _port),
     "BIND": ("bind", _text),
     "ADMIN_BIND": ("admin_bind", _text),
-    "DATABASE_URL": ("database_url", _url("postgres", "postgresql")),
-    "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix")),
+    "DATABASE_URL": ("database_url", _database_url),
+    "REDIS_URL": ("redis_url", _redis_url),
     "HTTP_WORKERS": ("http_workers", _int(1, 64)),
     "GRPC_WORKERS": ("grpc_workers", _int(1, 64)),
     "WORKER_PROCESSES": ("worker_processes", _int(1, 64)),

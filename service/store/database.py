@@ -60,36 +60,45 @@ def with_statement_timeout(dsn: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+# libpq's sslmode values as psqlpy's. psqlpy (its tokio-postgres fork) falls back to plaintext
+# when the server declines TLS in every mode but Require, VerifyCa and VerifyFull included, so the
+# verify-* modes are Require with the sslrootcert CA: psqlpy then checks the certificate's chain
+# and its host name (there is no way to ask it for the chain only, so verify-ca checks the host
+# name too). Require without a CA encrypts without checking the certificate (libpq's require).
 _SSL_MODES = {
     "disable": psqlpy.SslMode.Disable,
     "allow": psqlpy.SslMode.Allow,
     "prefer": psqlpy.SslMode.Prefer,
     "require": psqlpy.SslMode.Require,
-    # psqlpy falls back to plaintext with its VerifyCa/VerifyFull modes: Require with the
-    # sslrootcert CA is what verifies the server's certificate (chain and host name).
     "verify-ca": psqlpy.SslMode.Require,
     "verify-full": psqlpy.SslMode.Require,
 }
+VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
 
 
 def tls_options(dsn: str) -> tuple[str, dict[str, Any]]:
     """The DSN without `sslmode`/`sslrootcert`, and them as psqlpy's `ssl_mode`/`ca_file` arguments.
 
     psqlpy's own DSN parsing refuses `sslrootcert` and silently connects in plaintext with
-    `sslmode=verify-ca` or `verify-full`, so both are taken out and passed explicitly (verify-*
-    verify the server's certificate against `sslrootcert`: give it with them).
+    `sslmode=verify-ca` or `verify-full`, so both are taken out and passed explicitly. A verify-*
+    mode without `sslrootcert` is a ValueError: psqlpy would encrypt without checking anything
+    (libpq would look for ~/.postgresql/root.crt; here the CA file is always named).
     """
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
     options: dict[str, Any] = {}
     kept: list[tuple[str, str]] = []
+    mode = None
     for name, value in params:
         if name == "sslmode" and value in _SSL_MODES:
+            mode = value
             options["ssl_mode"] = _SSL_MODES[value]
         elif name == "sslrootcert":
             options["ca_file"] = value
         else:
             kept.append((name, value))
+    if mode in VERIFYING_SSL_MODES and not options.get("ca_file"):
+        raise ValueError(f"sslmode={mode} needs sslrootcert=<CA file> (the CA that issued the server's certificate)")
     if not options:
         return dsn, options
     query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in kept)
