@@ -10,7 +10,7 @@ import psqlpy
 import pytest
 import trustme
 
-from benchmarks.database import admin_sql
+from benchmarks.database import admin_sql, fetch_rows
 from service.domain import StoreOverloaded, StoreUnavailable
 from service.store.database import Database
 from tests.conftest import IsolatedSchema
@@ -23,6 +23,18 @@ pytestmark = pytest.mark.integration
 
 async def _backend(db: Database) -> int:
     return int((await db.fetch("SELECT pg_backend_pid()"))[0][0])
+
+
+async def _terminate(schema: IsolatedSchema, pid: int) -> None:
+    """Terminate a backend and wait until it is gone: pg_terminate_backend only signals it, and on
+    a loaded box a query could still reach the dying backend and succeed."""
+    await admin_sql(schema.base_dsn, f"SELECT pg_terminate_backend({pid})")
+    for _ in range(200):
+        rows = await fetch_rows(schema.base_dsn, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")
+        if rows[0][0] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backend {pid} still there 10 s after pg_terminate_backend")
 
 
 async def test_a_connection_whose_use_succeeded_serves_the_next_request(database: Database) -> None:
@@ -47,7 +59,7 @@ async def test_a_held_connection_broken_during_a_quiet_spell_is_replaced_before_
     database: Database, schema: IsolatedSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await _backend(database)
-    await admin_sql(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
+    await _terminate(schema, first)
     monkeypatch.setattr(Database, "HELD_IDLE_CHECK_SECONDS", 0.0)  # every held connection counts as idle long
     second = await _backend(database)  # the ping finds the broken one; a fresh connection answers
     assert second != first
@@ -57,7 +69,7 @@ async def test_a_broken_held_connection_used_at_once_fails_as_unavailable_and_is
     database: Database, schema: IsolatedSchema
 ) -> None:
     first = await _backend(database)
-    await admin_sql(schema.base_dsn, f"SELECT pg_terminate_backend({first})")
+    await _terminate(schema, first)
     with pytest.raises(StoreUnavailable):
         await _backend(database)
     assert await _backend(database) != first
