@@ -107,6 +107,7 @@ class RestApi:
         metrics: HttpMetrics = NO_METRICS,
         tracer: Tracer = NO_TRACER,
         heartbeat_seconds: float = 15.0,
+        watch_buffer: int = 1000,
         authenticator: Authenticator | None = None,
         rate_limiter: RateLimiter | None = None,
         rate_limit_key: RateLimitKey = client_address,
@@ -121,7 +122,7 @@ class RestApi:
         self._openapi = openapi_document
         self._metrics = metrics
         self._calls = CallEnvelope(metrics, tracer)
-        changes = ChangesRoute(service, self._calls, heartbeat_seconds=heartbeat_seconds)
+        changes = ChangesRoute(service, self._calls, heartbeat_seconds=heartbeat_seconds, buffer=watch_buffer)
         if self._calls.traced:  # off: `handle` stays the plain method, not a line of tracing on the path
             self.handle = self._handle_traced  # type: ignore[method-assign]
         self._order_routes: dict[str, Handler] = {"GET": self._get, "PUT": self._update, "DELETE": self._delete}

@@ -12,6 +12,16 @@ class Headers(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
 
+class Connection(Protocol):
+    """The connection a request came on, each end as its server names it ("host:port", "[v6]:port")."""
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def client(self) -> str: ...
+
+
 class HttpRequest(msgspec.Struct):
     method: str
     path: str
@@ -20,6 +30,7 @@ class HttpRequest(msgspec.Struct):
     body: bytes = b""
     body_too_large: bool = False
     client: str = ""  # the peer's address, without its port (the rate limit's key)
+    connection: Connection | None = None  # given by a binding that buffers streams without backpressure
 
 
 class HttpResponse(msgspec.Struct):
