@@ -248,6 +248,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         metrics=PrometheusMetrics(extra=events_metrics.prometheus, multiprocess_dir=settings.prometheus_multiproc_dir),
         tracer=resources.tracer,
         heartbeat_seconds=settings.watch_heartbeat,
+        watch_buffer=settings.watch_buffer,
         authenticator=resources.authenticator(),
         # Keyed by client address (http.api.client_address); with authentication, key by owner.
         rate_limiter=build_rate_limiter(settings),

@@ -213,6 +213,12 @@ class ChangeSubscription(Protocol):
         """
         ...
 
+    @property
+    def ending(self) -> bool:
+        """The watch is over but for `changes()` saying so: the buffer overflowed (WatcherTooSlow),
+        or the feed shuts down (what is buffered, then StopAsyncIteration)."""
+        ...
+
     def close(self) -> None: ...
 
 

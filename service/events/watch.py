@@ -172,6 +172,10 @@ class Subscription:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
 
+    @property
+    def ending(self) -> bool:
+        return self._overflowed or self._closed or self._feed.stopping
+
     def close(self) -> None:
         self._closed = True
         self._backlog.clear()

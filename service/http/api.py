@@ -7,15 +7,18 @@ request into `HttpRequest` and `HttpResponse` back; no rule or error mapping liv
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qsl, quote
 
 import msgspec
 
 from service.access import RequestContext, authorize, require
 from service.domain import ANONYMOUS, SCOPE_ADMIN, Order, Principal
-from service.http import sse
+from service.http.changes import ChangesRoute
+from service.http.messages import HttpRequest as HttpRequest
+from service.http.messages import HttpResponse as HttpResponse
+from service.http.messages import StreamingResponse as StreamingResponse
 from service.http.problems import (
     PROBLEM_CONTENT_TYPE,
     HttpError,
@@ -29,44 +32,18 @@ from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, e
 from service.observability.readiness import ALWAYS_READY
 from service.observability.tracing import NO_TRACER, Tracer
 from service.orders import OrderService
-from service.ports import Authenticator, ChangeSubscription
+from service.ports import Authenticator
 from service.ratelimit import RateLimiter
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 _decode_create = msgspec.json.Decoder(CreateOrderBody).decode
 _decode_update = msgspec.json.Decoder(UpdateOrderBody).decode
+_Command = TypeVar("_Command")
 _HEALTH_BODY = _encode(Health(status="ok"))
 # Span names, metric labels and access lines take a known method, else "_OTHER" (OpenTelemetry
 # semantic conventions): a client must not be able to mint span names or metric series.
 _KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"))
-
-
-class Headers(Protocol):
-    def get(self, key: str, default: Any = None) -> Any: ...
-
-
-class HttpRequest(msgspec.Struct):
-    method: str
-    path: str
-    query_string: str
-    headers: Headers | Mapping[str, str]
-    body: bytes = b""
-    body_too_large: bool = False
-    client: str = ""  # the peer's address, without its port (the rate limit's key)
-
-
-class HttpResponse(msgspec.Struct):
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-
-class StreamingResponse(HttpResponse):
-    """A response whose body is `chunks`, sent as they come (bindings: `type(r) is HttpResponse`
-    is the plain path). The access line and metric are taken when the stream starts."""
-
-    chunks: AsyncGenerator[bytes, None] | None = None
 
 
 class HttpMetrics(CallMetrics, Protocol):
@@ -130,14 +107,13 @@ class RestApi:
         metrics: HttpMetrics = NO_METRICS,
         tracer: Tracer = NO_TRACER,
         heartbeat_seconds: float = 15.0,
+        watch_buffer: int = 1000,
         authenticator: Authenticator | None = None,
         rate_limiter: RateLimiter | None = None,
         rate_limit_key: RateLimitKey = client_address,
     ) -> None:
         """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal."""
         self.service = service
-        self._heartbeat = heartbeat_seconds
-        self._frames = sse.ChangeFrames()
         self._auth = authenticator
         self._limiter = rate_limiter
         self._limit_key = rate_limit_key
@@ -146,12 +122,13 @@ class RestApi:
         self._openapi = openapi_document
         self._metrics = metrics
         self._calls = CallEnvelope(metrics, tracer)
+        changes = ChangesRoute(service, self._calls, heartbeat_seconds=heartbeat_seconds, buffer=watch_buffer)
         if self._calls.traced:  # off: `handle` stays the plain method, not a line of tracing on the path
             self.handle = self._handle_traced  # type: ignore[method-assign]
         self._order_routes: dict[str, Handler] = {"GET": self._get, "PUT": self._update, "DELETE": self._delete}
         self._static_routes: dict[str, dict[str, Handler]] = {
             "/orders": {"GET": self._list, "POST": self._create},
-            "/orders/changes": {"GET": self._watch},  # matched before /orders/{id}
+            "/orders/changes": {"GET": changes.watch},  # matched before /orders/{id}
             "/health": {"GET": self._health},
             "/ready": {"GET": self._ready},
             "/openapi.json": {"GET": self._openapi_document},
@@ -263,7 +240,8 @@ class RestApi:
 
         return handler
 
-    def _body(self, request: HttpRequest) -> bytes:
+    def _command(self, request: HttpRequest, decode: Callable[[bytes], _Command]) -> _Command:
+        """The request's JSON body decoded (and type-checked) by `decode`."""
         if request.body_too_large:
             raise HttpError(
                 413,
@@ -282,7 +260,10 @@ class RestApi:
                 "Unsupported media type",
                 "the body must be application/json (send Content-Type: application/json)",
             )
-        return request.body
+        try:
+            return decode(request.body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
+            raise decode_error(exc) from None
 
     def _order_response(self, status: int, order: Order, extra: list[tuple[str, str]] | None = None) -> HttpResponse:
         headers = [("content-type", JSON), ("etag", _etag(order))]
@@ -292,11 +273,7 @@ class RestApi:
 
     async def _create(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
         authorize("create", principal)  # before the body is read
-        body = self._body(request)
-        try:
-            command = _decode_create(body)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
-            raise decode_error(exc) from None
+        command = self._command(request, _decode_create)
         result = await self.service.create(
             command.product,
             command.quantity,
@@ -333,52 +310,10 @@ class RestApi:
             headers.append(("link", f'</orders?{query}>; rel="next"'))
         return HttpResponse(200, headers, _encode(page.orders))
 
-    async def _watch(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
-        order_ids: list[str] = []
-        after = request.headers.get("last-event-id")
-        for name, value in parse_qsl(request.query_string, keep_blank_values=True):
-            if name == "order_id":
-                order_ids.append(value)
-            elif name == "after" and after is None:
-                after = value
-        subscription = await self.service.watch(
-            order_ids,
-            after or None,
-            ctx=self._calls.context(request_id, request.headers.get("traceparent"), principal),
-        )
-        headers = [("content-type", sse.CONTENT_TYPE), ("cache-control", "no-store"), ("x-accel-buffering", "no")]
-        return StreamingResponse(200, headers, chunks=self._events(subscription, request_id))
-
-    async def _events(self, subscription: ChangeSubscription, request_id: str) -> AsyncGenerator[bytes, None]:
-        """The SSE body: each change as an event, a comment while idle, `event: error` last on failure."""
-        frame = self._frames.frame
-        try:
-            yield sse.OPENING
-            while True:
-                try:
-                    batch = await subscription.changes(self._heartbeat)
-                except StopAsyncIteration:  # shutting down: the stream ends after its last event
-                    return
-                except Exception as exc:  # too slow, or unexpected: say so as the last event
-                    yield sse.error_event(problem_for(exc, request_id)[2])
-                    return
-                if not batch:
-                    yield sse.HEARTBEAT
-                elif len(batch) == 1:
-                    yield frame(batch[0])
-                else:
-                    yield b"".join([frame(entry) for entry in batch])
-        finally:
-            subscription.close()
-
     async def _update(self, request: HttpRequest, request_id: str, order_id: str, principal: Principal) -> HttpResponse:
         authorize("update", principal)  # before anything of the request is read
         expected = parse_if_match(request.headers.get("if-match"))
-        body = self._body(request)
-        try:
-            command = _decode_update(body)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
-            raise decode_error(exc) from None
+        command = self._command(request, _decode_update)
         order = await self.service.update(
             order_id,
             product=command.product,

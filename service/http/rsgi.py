@@ -64,7 +64,7 @@ class RsgiApp:
             body, too_large = await read_body(proto, headers.get("content-length"), api.max_body_bytes, proto)
         client = scope.client.rsplit(":", 1)[0] if scope.client else ""
         response = await api.handle(
-            HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large, client)
+            HttpRequest(scope.method, scope.path, scope.query_string, headers, body, too_large, client, scope)
         )
         if type(response) is HttpResponse:
             proto.response_bytes(response.status, response.headers, response.body)

@@ -269,12 +269,9 @@ async def test_sse_sends_a_comment_while_idle(rest: httpx.AsyncClient) -> None:
     assert events.comments.count("keep-alive") >= 2
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="granian 2.8's response_stream send_bytes buffers without backpressure: an unread SSE stream "
-    "never backs up into the watcher's buffer, so it is not cut off (granian holds the bytes instead)",
-)
 async def test_sse_slow_watcher_gets_a_final_error_event(watched: ServiceProcess, rest: httpx.AsyncClient) -> None:
+    # granian buffers a streamed response without backpressure: the stream is held back by the
+    # client's TCP acknowledgements instead, so an unread one backs up into its watcher's buffer.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", watched.port))
@@ -284,7 +281,7 @@ async def test_sse_slow_watcher_gets_a_final_error_event(watched: ServiceProcess
     try:
         while b": watching" not in received:  # registered; from here on, nobody reads
             received += await asyncio.to_thread(sock.recv, 4096)
-        await _create_many(rest, 1500)  # nobody reads: the server's writes back up
+        await _create_many(rest, 1500)  # 3000 changes
         while True:
             chunk = await asyncio.to_thread(sock.recv, 65536)
             if not chunk:
@@ -295,8 +292,43 @@ async def test_sse_slow_watcher_gets_a_final_error_event(watched: ServiceProcess
         text = received.decode()
         assert "event: error" in text
         assert "watcher-too-slow" in text and f"more than {BUFFER} changes behind" in text
-        assert text.count("event: order.") < 3000
+        assert text.rindex("event: error") > text.rindex("event: order."), "the error is the last event"
+        # What the client's receive buffer took, at most BUFFER more unacknowledged and one batch (at
+        # most BUFFER, its watcher's buffer): nowhere near the 3000 changes a server buffer would hold.
+        assert text.count("event: order.") <= 3 * BUFFER
     finally:
+        sock.close()
+
+
+async def test_sse_watcher_that_reads_keeps_up_with_a_burst_beyond_its_buffer(
+    watched: ServiceProcess, rest: httpx.AsyncClient
+) -> None:
+    # Held back by its client's acknowledgements, a stream must still keep up with one that reads.
+    sock = socket.create_connection(("127.0.0.1", watched.port), timeout=15)
+    sock.sendall(b"GET /orders/changes HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = bytearray()
+
+    def read() -> None:  # in a thread: it reads on however busy the test's event loop is
+        while chunk := sock.recv(65536):
+            received.extend(chunk)
+
+    reading = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        for _ in range(500):
+            if b": watching" in received:
+                break
+            await asyncio.sleep(0.01)
+        count = 5 * BUFFER
+        await _create_many(rest, count)
+        for _ in range(300):
+            if received.count(b"event: order.created") >= count or b"event: error" in received:
+                break
+            await asyncio.sleep(0.05)
+        assert b"event: error" not in received, bytes(received[received.find(b"event: error") :])
+        assert received.count(b"event: order.created") == count
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)  # ends the reader's recv
+        await reading
         sock.close()
 
 
