@@ -96,6 +96,9 @@ class Subscription:
         self._wake = asyncio.Event()
         self._position = ""  # catching up: the last entry read (exclusive start of the next page)
         self._until: str | None = None  # catching up to the hub's position (None: to the end)
+        # Joined the hub behind its own position (the hub's read was still on its way): what the
+        # hub pushes up to here this watcher has read already.
+        self._read_through: tuple[int, int] | None = None
         self.live = False
         self._overflowed = False
         self._closed = False
@@ -105,6 +108,10 @@ class Subscription:
     def push(self, entry: FeedEntry) -> None:
         if self._overflowed:
             return
+        if self._read_through is not None:
+            if _position(entry.cursor) <= self._read_through:
+                return
+            self._read_through = None
         if len(self._queue) >= self._capacity:
             self._overflowed = True
             self._queue.clear()
@@ -138,6 +145,8 @@ class Subscription:
             if _position(hub_at) > _position(self._position):
                 self._until = hub_at  # the hub had read further: read up to where it was first
                 return
+            if _position(hub_at) < _position(self._position):
+                self._read_through = _position(self._position)
         self.live = True
 
     async def changes(self, wait_seconds: float) -> list[FeedEntry]:
