@@ -249,8 +249,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         tracer=resources.tracer,
         heartbeat_seconds=settings.watch_heartbeat,
         authenticator=resources.authenticator(),
-        # Keyed by client address (http.api.client_address); with authentication, key by owner.
-        rate_limiter=build_rate_limiter(settings),
+        rate_limiter=build_rate_limiter(settings),  # per owner; per client address without authentication
     )
 
 
@@ -274,6 +273,7 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
         tracer=resources.tracer,
         metrics=PrometheusMetrics(),
         authenticator=resources.authenticator(),
+        rate_limiter=build_rate_limiter(settings),
     )
     dependencies = resources.dependencies
 
