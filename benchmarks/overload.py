@@ -76,6 +76,7 @@ class Measured:
     records: list[Record] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    load_average: float = 0.0  # the machine's 1-minute load average as the phase ended
 
 
 async def drive(phase: Phase) -> Measured:
@@ -151,6 +152,7 @@ def run_phase(phase: Phase, processes: int) -> Measured:
         merged.seconds = max(merged.seconds, part.seconds)
     for worker in workers:
         worker.join()
+    merged.load_average = os.getloadavg()[0]
     return merged
 
 
@@ -162,6 +164,7 @@ def summary(measured: Measured, connections: int) -> dict[str, Any]:
     return {
         "connections": connections,
         "seconds": round(measured.seconds, 2),
+        "load_average": round(measured.load_average, 2),
         "responses": len(measured.records),
         "statuses": {str(status): n for status, n in sorted(statuses.items())},
         "unexpected": sum(n for status, n in statuses.items() if not (200 <= status < 300 or status in REJECTED)),
@@ -293,7 +296,9 @@ def report(figures: dict[str, Any]) -> str:
     unloaded, overload, lost = figures["unloaded"], figures["overload"], figures["acknowledged"]
     factor = overload["accepted_p99_ms"] / max(unloaded["accepted_p99_ms"], 1e-9)
     lines = [
-        f"overload ({figures['service_env']}), serve = {figures['serve_connections']} connections",
+        f"overload ({figures['service_env']}), serve = {figures['serve_connections']} connections, "
+        f"load average {unloaded['load_average']} (unloaded) / {overload['load_average']} (overload) "
+        f"on {figures['cpus']} CPUs",
         f"  unloaded ({unloaded['connections']} conn): {unloaded['accepted_rps']} req/s, "
         f"p50 {unloaded['accepted_p50_ms']} ms, p99 {unloaded['accepted_p99_ms']} ms, statuses {unloaded['statuses']}",
         f"  overload ({overload['connections']} conn): accepted {overload['accepted_rps']} req/s, "
