@@ -7,7 +7,8 @@ time) or a 429; requests are shed; every acknowledged create is in PostgreSQL an
 the worker; the service serves normally afterwards and logged no unhandled error.
 
 Shedding is made certain rather than timed: each request is its own statement
-(COALESCE_MAX_BATCH=1) and one waiter per process is the most DB_MAX_WAITING allows.
+(COALESCE_MAX_BATCH=1), one waiter per process is the most DB_MAX_WAITING allows, and the load
+runs again (up to ROUNDS times) until MIN_SHED requests were shed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.e2e
 
 CONNECTIONS = 60
 REQUESTS_PER_CONNECTION = 30
+ROUNDS = 5
+MIN_SHED = 10
 ACCEPTED = {200, 201}
 PROBLEM = "application/problem+json"
 
@@ -75,12 +78,19 @@ def test_overload_answers_only_2xx_503_429_and_loses_nothing_acknowledged(
         COALESCE_MAX_BATCH="1",
         LOG_LEVEL="WARNING",
     )
-    answers, created = asyncio.run(_drive(service.base_url))
+    answers: list[Answer] = []
+    created: list[str] = []
+    for _ in range(ROUNDS):  # a faster machine overlaps fewer requests: drive again until enough are shed
+        more_answers, more_created = asyncio.run(_drive(service.base_url))
+        answers += more_answers
+        created += more_created
+        if sum(status == 503 for _, status, _, _ in answers) >= MIN_SHED:
+            break
 
     statuses = Counter(status for _, status, _, _ in answers)
     assert set(statuses) <= ACCEPTED | {503, 429}, statuses
     rejected = [answer for answer in answers if answer[1] == 503]
-    assert len(rejected) >= 10, statuses  # shedding happened, often enough to see the jitter
+    assert len(rejected) >= MIN_SHED, statuses  # shedding happened, often enough to see the jitter
     assert {kind for *_, kind in rejected} <= {"overloaded", "unavailable"}, Counter(a[3] for a in rejected)
     assert any(kind == "overloaded" for *_, kind in rejected)
     retry_afters = Counter(retry for _, _, retry, _ in rejected)
