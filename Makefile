@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting bench-revisions \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting \
+	bench-revisions bench-overload \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 $(STAMP): pyproject.toml
@@ -111,6 +112,12 @@ bench-revisions: $(STAMP)
 BENCH_RUNTIMES_ARGS ?=
 bench-runtimes: $(STAMP)
 	$(BIN)/python -m benchmarks.runtimes $(BENCH_RUNTIMES_ARGS)
+
+## Issue 18's overload figure (~2 min): DB_POOL_SIZE=2, unloaded p99, the connections it can serve, then 10x
+## that many with GET/POST; every response's status and latency, every acknowledged create checked in PostgreSQL.
+BENCH_OVERLOAD_ARGS ?=
+bench-overload: $(STAMP)
+	$(BIN)/python -m benchmarks.overload $(BENCH_OVERLOAD_ARGS)
 
 ## Load tests against a running service (LOADTEST_URL, default http://127.0.0.1:8080).
 LOADTEST_ARGS ?=

@@ -250,8 +250,7 @@ def build_rest_api(settings: Settings, resources: Resources) -> RestApi:
         heartbeat_seconds=settings.watch_heartbeat,
         watch_buffer=settings.watch_buffer,
         authenticator=resources.authenticator(),
-        # Keyed by client address (http.api.client_address); with authentication, key by owner.
-        rate_limiter=build_rate_limiter(settings),
+        rate_limiter=build_rate_limiter(settings),  # per owner; per client address without authentication
     )
 
 
@@ -275,6 +274,7 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
         tracer=resources.tracer,
         metrics=PrometheusMetrics(),
         authenticator=resources.authenticator(),
+        rate_limiter=build_rate_limiter(settings),
     )
     dependencies = resources.dependencies
 

@@ -18,6 +18,7 @@ from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, e
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService
 from service.ports import Authenticator
+from service.ratelimit import RateLimiter, client_key
 
 Reply = TypeVar("Reply")
 Work = Callable[[RequestContext, dict[str, str]], Awaitable[Reply]]
@@ -26,6 +27,17 @@ SERVICE = _DESCRIPTOR.full_name
 # What the access line's `path` and `status` carry: the call's HTTP/2 :path and numeric grpc-status.
 _PATHS = {method.name: f"/{SERVICE}/{method.name}" for method in _DESCRIPTOR.methods}
 _NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
+# The calls RATE_LIMIT_RPS counts: those of REST's /orders routes (watches are not counted there either).
+_LIMITED = frozenset(name for name in _PATHS if name != "WatchOrders")
+
+
+def peer_address(peer: str) -> str:
+    """The client's address in a grpc peer string ("ipv4:10.0.0.1:5678", "ipv6:[::1]:5678"), without
+    its port: the rate limit's key while there is no authentication, as REST's client address."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
 
 
 def expected_version(value: int) -> int | None:
@@ -50,9 +62,12 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         tracer: Tracer = NO_TRACER,
         metrics: CallMetrics = NO_METRICS,
         authenticator: Authenticator | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
-        """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal."""
+        """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal.
+        `rate_limiter`: RATE_LIMIT_RPS per owner (per client address without authentication)."""
         self._service = service
+        self._limiter = rate_limiter
         self._calls = CallEnvelope(metrics, tracer)
         self._changes = ChangeMessages()
         self._auth = authenticator
@@ -95,6 +110,9 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
             await context.send_initial_metadata((("x-request-id", request_id),))
             try:
                 principal = ANONYMOUS if self._auth is None else self._auth.authenticate(metadata.get("authorization"))
+                if self._limiter is not None and method in _LIMITED:  # RateLimited: RESOURCE_EXHAUSTED
+                    owner = principal.owner if self._auth is not None else None
+                    self._limiter.admit(client_key(owner, peer_address(context.peer())))
                 ctx = self._calls.context(request_id, metadata.get("traceparent"), principal)
                 return await work(ctx, metadata)
             except asyncio.CancelledError:  # the client went away or its deadline passed

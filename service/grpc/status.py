@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +25,7 @@ from service.domain import (
     WatcherTooSlow,
 )
 from service.grpc.convert import FIELD_NAMES
+from service.ratelimit import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         return rpc_status.to_status(
             status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
         )
+    if isinstance(exc, RateLimited):
+        return _rate_limited(exc)
     if isinstance(exc, StoreOverloaded):  # shed at once: not logged per call
         return _plain(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls are waiting for the database; retry later")
     if isinstance(exc, StoreUnavailable):
@@ -68,3 +72,23 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
 
 def _plain(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
+
+
+class _Status(NamedTuple):
+    """What `abort_with_status` reads of a status (grpc_status's own cannot take more metadata)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def _rate_limited(exc: RateLimited) -> grpc.Status:
+    """RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail, and in trailing metadata the same
+    hints REST sends as headers: `retry-after` (seconds), `ratelimit-policy` and `ratelimit`."""
+    retry = any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after_seconds)))
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc), details=[retry])
+    )
+    hints = (("retry-after", str(exc.retry_after_seconds)), ("ratelimit-policy", exc.policy), ("ratelimit", exc.state))
+    return _Status(status.code, status.details, (*status.trailing_metadata, *hints))

@@ -33,7 +33,7 @@ from service.observability.readiness import ALWAYS_READY
 from service.observability.tracing import NO_TRACER, Tracer
 from service.orders import OrderService
 from service.ports import Authenticator
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimiter, client_key
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -150,9 +150,8 @@ class RestApi:
                     if template in self._admin_paths:
                         require(principal, SCOPE_ADMIN)
                 if self._limiter is not None and template in _LIMITED_ROUTES:
-                    # Per owner when callers are authenticated, else per client address.
-                    key = principal.owner if self._auth is not None else self._limit_key(request)
-                    limit_headers = self._rate_limit(self._limiter, key)
+                    owner = principal.owner if self._auth is not None else None
+                    limit_headers = self._rate_limit(self._limiter, client_key(owner, self._limit_key(request)))
                 handler = methods.get(request.method) if methods is not None else None
                 if handler is not None:
                     response = await handler(request, request_id, param, principal)
@@ -195,18 +194,9 @@ class RestApi:
             return response
 
     def _rate_limit(self, limiter: RateLimiter, key: str) -> list[tuple[str, str]]:
-        """The RateLimit headers of an allowed request; a 429 carrying them otherwise."""
-        decision = limiter.take(key)
-        headers = [("ratelimit-policy", limiter.policy), ("ratelimit", limiter.header(decision))]
-        if decision.allowed:
-            return headers
-        raise HttpError(
-            429,
-            "rate-limited",
-            "Too many requests",
-            f"this client's rate limit is exhausted; retry in {decision.retry_after_seconds} s",
-            headers=[("retry-after", str(decision.retry_after_seconds)), *headers],
-        )
+        """The RateLimit headers of an allowed request (RateLimited, a 429, otherwise)."""
+        decision = limiter.admit(key)
+        return [("ratelimit-policy", limiter.policy), ("ratelimit", limiter.header(decision))]
 
     def _match(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """Route template (never a raw id: it labels metrics), its handlers by method, path param."""

@@ -25,6 +25,7 @@ from service.domain import (
     WatcherTooSlow,
 )
 from service.http.schemas import FieldError, Problem
+from service.ratelimit import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,13 @@ def problem_for(exc: BaseException, request_id: str) -> tuple[int, list[tuple[st
             exc.headers,
             _body(exc.status, exc.slug, exc.title, exc.detail, request_id, exc.violations),
         )
+    if isinstance(exc, RateLimited):
+        headers = [
+            ("retry-after", str(exc.retry_after_seconds)),
+            ("ratelimit-policy", exc.policy),
+            ("ratelimit", exc.state),
+        ]
+        return 429, headers, _body(429, "rate-limited", "Too many requests", str(exc), request_id, None)
     if isinstance(exc, StoreOverloaded):  # shed at once; logging each would be the next overload
         body = _body(
             503,

@@ -10,10 +10,11 @@ import msgspec
 import pytest
 
 from service.domain import StoreOverloaded, StoreUnavailable
+from service.grpc.servicer import peer_address
 from service.grpc.status import status_for
 from service.http.api import HttpRequest, RestApi
 from service.observability.readiness import DependencyMonitor
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimited, RateLimiter
 from tests.unit.fakes import make_service
 from tests.unit.test_calls import RecordingMetrics, access_lines  # noqa: F401 - the fixture
 
@@ -158,6 +159,26 @@ async def test_rate_limit_answers_429_with_ratelimit_headers_per_client_address(
     assert (await api.handle(get("10.0.0.2"))).status == 200  # another client has its own bucket
     for _ in range(5):  # probes and scrapes are never limited
         assert (await api.handle(HttpRequest("GET", "/health", "", {}, client="10.0.0.1"))).status == 200
+
+
+def test_grpc_maps_a_rate_limit_to_resource_exhausted_with_the_same_hints() -> None:
+    limiter = RateLimiter(1.0, 1, clock=FakeTime())
+    limiter.admit("10.0.0.1")
+    with pytest.raises(RateLimited) as caught:
+        limiter.admit("10.0.0.1")
+    status = status_for(caught.value, "r")
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailing = dict(status.trailing_metadata)
+    assert trailing["retry-after"] == "1" and trailing["ratelimit-policy"] == '"client";q=1;w=1'
+    assert trailing["ratelimit"] == '"client";r=0;t=1' and "grpc-status-details-bin" in trailing
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [("ipv4:10.0.0.1:5678", "10.0.0.1"), ("ipv6:[::1]:5678", "::1"), ("unix:/tmp/s", "unix:/tmp/s")],
+)
+def test_grpc_peer_address_drops_the_port(peer: str, address: str) -> None:
+    assert peer_address(peer) == address
 
 
 async def test_no_rate_limit_headers_when_off() -> None:
