@@ -22,9 +22,11 @@ TARGETS = (
     "benchmarks/test_bench_native.py",
     "benchmarks/test_bench_auth.py",
 )
-# A benchmark fails the gate when it executes this much more than its baseline. See
-# benchmarks/RESULTS.md ("Instruction-count gate") for the measured spread it sits above.
-THRESHOLD = 0.05
+# A benchmark fails the gate when it executes this much more than its baseline. Measured
+# (benchmarks/RESULTS.md, "Instruction-count gate"): repeated runs agree to 0.03%, whatever the
+# load; a different heap layout (environment, order of the benchmarks) moves a count by up to 4.7%.
+# 10% is twice that, and CodSpeed's own default regression threshold.
+THRESHOLD = 0.10
 # The counts depend on these as much as on our code: a change of one explains a changed count.
 PACKAGES = ("msgspec", "protobuf", "cryptography", "PyJWT", "uuid-utils", "pytest-codspeed")
 
@@ -76,7 +78,8 @@ def gate(args: argparse.Namespace) -> int:
 def rebaseline(args: argparse.Namespace) -> int:
     counts = measure(args.targets)
     document = {
-        "about": "instructions (callgrind Ir) of one call of each benchmark; `make bench-rebaseline` rewrites it",
+        "about": f"instructions (callgrind Ir) per call of each benchmark, mean of {callgrind.MEASURED_CALLS} calls "
+        f"after {callgrind.WARMUP_CALLS} unmeasured ones; `make bench-rebaseline` rewrites it",
         "environment": environment(),
         "instructions": dict(sorted(counts.items())),
     }
@@ -99,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("command", nargs="?", choices=COMMANDS, default="gate")
     main.add_argument("targets", nargs="*", default=list(TARGETS), help="pytest targets (default: every benchmark)")
     main.add_argument("--baseline", type=Path, default=BASELINE)
-    main.add_argument("--threshold", type=float, default=THRESHOLD, help="allowed growth (0.05: 5%%)")
+    main.add_argument("--threshold", type=float, default=THRESHOLD, help="allowed growth (0.10: 10%%)")
     main.add_argument("--runs", type=int, default=3, help="measurements for `spread`")
     return main
 
