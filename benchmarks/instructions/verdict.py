@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -72,7 +72,7 @@ def render(rows: list[Row], threshold: float) -> str:
     return "\n".join(lines)
 
 
-def spread(runs: list[Mapping[str, int]]) -> str:
+def spread(runs: Sequence[Mapping[str, int]]) -> str:
     """Per benchmark: min, max and (max - min) / min over repeated measurements."""
     uris = sorted(set().union(*runs))
     width = max([len(uri) for uri in uris] + [9])

@@ -2,7 +2,7 @@
 
 pytest-codspeed warms up only where CPython has the perf trampoline (3.12+) and measures one call.
 On 3.11 that is the very first call, whose count depends on what ran before it (first-use caches,
-the specialising interpreter's warm-up): reordering the benchmarks moved single cold counts by up
+the specialising interpreter's warm-up): reordering the benchmarks moved single-call counts by up
 to 82%. BENCH_GATE_WARMUP unmeasured calls, then BENCH_GATE_CALLS calls inside the one measured
 region (the runner divides), bring that down to under 5% (benchmarks/RESULTS.md).
 """
