@@ -1,10 +1,11 @@
 """Run CodSpeed micro-benchmarks under callgrind and read back the instructions of each one.
 
 pytest-codspeed's own simulation (instrumentation) mode does the measuring: with CODSPEED_ENV set
-and under valgrind, it runs each benchmark body once between CALLGRIND_START_INSTRUMENTATION and
-CALLGRIND_STOP_INSTRUMENTATION (gc collected then off, random seeded) and dumps the counts with
-CALLGRIND_DUMP_STATS_AT(<benchmark uri>). valgrind starts with instrumentation off, so interpreter
-start-up, imports, collection and fixtures cost nothing; each dump file holds one benchmark.
+and under valgrind, it runs each benchmark body between CALLGRIND_START_INSTRUMENTATION and
+CALLGRIND_STOP_INSTRUMENTATION (gc collected then off, random seeded; warmup.py makes that body
+warmed-up repeated calls) and dumps the counts with CALLGRIND_DUMP_STATS_AT(<benchmark uri>).
+valgrind starts with instrumentation off, so interpreter start-up, imports, collection and
+fixtures cost nothing; each dump file holds one benchmark.
 """
 
 from __future__ import annotations
