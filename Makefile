@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting \
-	bench-revisions bench-overload \
+	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-gate bench-rebaseline bench-results \
+	bench-runtimes bench-sitting bench-revisions bench-overload \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 $(STAMP): pyproject.toml
@@ -91,6 +91,15 @@ bench-save: bench
 
 bench-compare: bench
 	$(BIN)/python -m benchmarks.compare compare
+
+## Instructions (callgrind Ir) of one call of each micro-benchmark against
+## benchmarks/instructions/baseline.json: fails on growth over the threshold, whatever the load (CI runs it).
+bench-gate: $(STAMP)
+	$(BIN)/python -m benchmarks.instructions gate
+
+## Rewrite that baseline, when a change is meant to cost more (or saved instructions).
+bench-rebaseline: $(STAMP)
+	$(BIN)/python -m benchmarks.instructions rebaseline
 
 ## Every figure of benchmarks/RESULTS.md in one run: pgbench ceiling, each scenario, RSS (~4 min).
 bench-results: $(STAMP)
