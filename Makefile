@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-check audit run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results bench-runtimes bench-sitting \
-	bench-revisions bench-overload \
+.PHONY: install lock lock-check audit image image-smoke run test test-pure test-unit test-integration test-e2e lint \
+	format proto migrate clean loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-results \
+	bench-runtimes bench-sitting bench-revisions bench-overload \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 # Hashed lock files (requirements/README.md): what every install takes, exactly.
@@ -57,6 +57,20 @@ lock-check: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
 		$(foreach lock,$(LOCKS),-r $(lock))
+
+## The container image with the local Docker engine. Where no registry is reachable, build the base
+## first (deploy/local-image/build-base.sh) and pass IMAGE_BUILD_ARGS="--build-arg PYTHON_BASE=..."
+## (that script prints the line).
+IMAGE ?= orders-service:local
+IMAGE_BUILD_ARGS ?=
+image:
+	docker build $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+	docker image ls $(IMAGE)
+
+## Start that image against this machine's PostgreSQL and Redis (deploy/smoke-test.sh): refusals
+## without AUTH_ISSUER / CURSOR_SECRET, then /health, /ready, 401 without a token, one create.
+image-smoke:
+	deploy/smoke-test.sh $(IMAGE)
 
 ## Start the service (REST :8080, gRPC :9090); uses local PostgreSQL/Redis or starts embedded ones.
 run: $(STAMP)
