@@ -6,7 +6,8 @@
 #
 # Three stages, all on the same Python base so a virtualenv built in one runs in another:
 #   builder  has a C compiler; builds the project wheel (Cython extension native._speedups)
-#            and a wheel for every runtime dependency into /wheels.
+#            and takes a wheel for every runtime dependency into /wheels, each exactly as
+#            pinned in requirements/lock.txt and checked against its hashes (--require-hashes).
 #   venv     has NO compiler; installs /wheels offline (--no-index) into /opt/venv, which
 #            proves the wheel set is complete and nothing is compiled at install time.
 #   runtime  has NO compiler; copies /opt/venv. Copying the installed venv rather than the
@@ -15,7 +16,7 @@
 #            builds with the classic builder).
 #
 # PYTHON_BASE must be a Debian-based image with python3 (>= 3.11) and its venv module;
-# the default is the official slim image. deploy/local-image/Dockerfile.base prepares one
+# the default is the official slim image. deploy/local-image/build-base.sh prepares one
 # from a debootstrapped Debian where no registry is reachable; Debian's python3 keeps its
 # C headers in python3.11-dev, so such a build passes
 #   --build-arg BUILD_DEPS="gcc libc6-dev python3.11-dev"
@@ -43,23 +44,24 @@ RUN python3 -m venv /opt/build
 
 WORKDIR /src
 
-# Dependency wheels first, from pyproject.toml alone, so editing the code reuses this layer.
-# EXTRAS: optional extras to install as well, comma-separated; `--build-arg EXTRAS=tracing`
+# The lock files first, so editing the code reuses these layers. The build backend (pip, setuptools,
+# wheel, Cython: requirements/build-lock.txt) is installed from its lock, and the project wheel
+# is built with it (--no-build-isolation), not with whatever an isolated build would download.
+# Dependencies come as the lock's own wheels only (--only-binary): nothing is built from source.
+# EXTRAS=tracing takes requirements/lock-tracing.txt instead (runtime + OpenTelemetry), which
 # makes OTEL_EXPORTER_OTLP_ENDPOINT usable in the container (the default image leaves it out).
 ARG EXTRAS=""
-COPY pyproject.toml ./
-RUN EXTRAS="${EXTRAS}" /opt/build/bin/python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
-print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" \
-        > /tmp/requirements.txt \
-    && /opt/build/bin/pip wheel --no-cache-dir -w /wheels -r /tmp/requirements.txt
+COPY requirements/build-lock.txt requirements/lock.txt requirements/lock-tracing.txt ./requirements/
+RUN /opt/build/bin/pip install --no-cache-dir --require-hashes -r requirements/build-lock.txt \
+    && lock="requirements/lock${EXTRAS:+-${EXTRAS}}.txt" && test -f "$lock" \
+    && /opt/build/bin/pip wheel --no-cache-dir --require-hashes --only-binary=:all: -w /wheels -r "$lock"
 
 # The project wheel. tests/integration/test_wheel_install.py runs this same command.
-COPY setup.py README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY migrations ./migrations
 COPY native ./native
 COPY service ./service
-RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps -w /wheels . \
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels . \
     && /opt/build/bin/python -c "import glob, sys, zipfile; \
 whl = glob.glob('/wheels/orders_service-*.whl'); \
 names = zipfile.ZipFile(whl[0]).namelist(); \
@@ -80,15 +82,24 @@ RUN apt-get update \
 COPY --from=builder /wheels /wheels
 # Every wheel in /wheels (the project, its dependencies and py-spy, which the project
 # depends on for the profiling endpoints), offline: a missing wheel fails the build.
-# Debug sections of the extension modules go (uvloop alone ships 12 MB of them); symbols
-# stay, so tracebacks and py-spy --native still name functions.
+# What the image does not run goes: pip and setuptools; the extension modules' and py-spy's
+# debug sections and static symbol tables (uvloop alone ships 12 MB of debug data; the dynamic
+# symbols that Python imports by stay, and the profiling endpoints never use py-spy --native);
+# Cython sources, C headers and type stubs of the dependencies (native/'s own stay: its package
+# data). Byte code stays: the root filesystem is read-only in Kubernetes, so every process would
+# otherwise compile what it imports at every start.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
-    && find /opt/venv -name '*.so*' -type f -exec strip --strip-debug {} + \
+    && find /opt/venv -name '*.so*' -type f -exec strip --strip-unneeded {} + \
+    && strip --strip-unneeded /opt/venv/bin/py-spy \
+    && find /opt/venv/lib/python3*/site-packages -type f \
+         \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyi' -o -name '*.c' -o -name '*.h' \) \
+         -not -path '*/site-packages/native/*' -delete \
     && /opt/venv/bin/orders-service --help >/dev/null \
     && /opt/venv/bin/py-spy --version \
-    && /opt/venv/bin/python -c "import native, sys; sys.exit(0 if native.ACTIVE == 'cython' else 'native: ' + native.ACTIVE)"
+    && /opt/venv/bin/python -c "import native, sys; sys.exit(0 if native.ACTIVE == 'cython' else 'native: ' + native.ACTIVE)" \
+    && /opt/venv/bin/python -c "import granian, grpc, psqlpy, uvloop, redis, hiredis, jwt, cryptography.hazmat.primitives.asymmetric.ed25519, msgspec, uuid_utils, google.protobuf, prometheus_client"
 
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_BASE} AS runtime

@@ -4,18 +4,74 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-pure test-unit test-integration test-e2e lint format proto migrate clean \
-	loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-gate bench-rebaseline bench-results \
+.PHONY: install lock lock-check audit image image-smoke run test test-pure test-unit test-integration test-e2e lint \
+	format proto migrate clean loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-gate \
+	bench-rebaseline bench-results \
 	bench-runtimes bench-sitting bench-revisions bench-overload \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
-$(STAMP): pyproject.toml
+# Hashed lock files (requirements/README.md): what every install takes, exactly.
+#   build-lock.txt   pip and the build backend (setuptools, wheel, Cython) for the native/ extension
+#   dev-lock.txt     the dev extra: runtime, embedded, runtimes, tracing, test and lint tools
+#   lock.txt         runtime only: what the container image installs (lock-tracing.txt: + tracing)
+LOCKS := requirements/build-lock.txt requirements/dev-lock.txt requirements/lock.txt requirements/lock-tracing.txt
+
+# The project itself goes in last with --no-deps (nothing unlocked comes along) and
+# --no-build-isolation (its build backend is the locked one just installed, not whatever an
+# isolated build environment would fetch). lock-check then fails when pyproject.toml asks for
+# something the locks do not pin (run `make lock`), and pip check when a pin breaks a requirement.
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/build-lock.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python requirements/check.py
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-resolve the lock files from pyproject.toml with uv (a dev dependency, so itself locked), with
+## hashes of every file of every pinned release. Pins that still fit are kept: LOCK_ARGS=--upgrade
+## moves every pin to the newest release, LOCK_ARGS="--upgrade-package NAME" one. The dev lock is
+## resolved first; the others are constrained by it, so every lock pins the same versions.
+UV := $(BIN)/uv
+LOCK_ARGS ?=
+UV_COMPILE = $(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command "make lock"
+lock:
+	@test -x $(UV) || $(MAKE) install || test -x $(UV)  # a stale lock fails lock-check, after uv is in
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev -o requirements/dev-lock.txt pyproject.toml
+	$(UV_COMPILE) -c requirements/dev-lock.txt -o requirements/lock.txt pyproject.toml
+	$(UV_COMPILE) -c requirements/dev-lock.txt --extra tracing -o requirements/lock-tracing.txt pyproject.toml
+	$(UV_COMPILE) -c requirements/dev-lock.txt -o requirements/build-lock.txt requirements/build.in
+	$(MAKE) install
+
+## Offline: every requirement of pyproject.toml (extras, build-system) is pinned, with hashes, the
+## same version in every lock (also part of `make install`).
+lock-check: $(STAMP)
+	$(BIN)/python requirements/check.py
+
+## pip-audit of every locked release (runtime, dev tools, build backend) against PyPI's vulnerability
+## data (its JSON API, per release: needs the network). --strict: a release the service could not
+## look up fails the audit instead of passing unchecked.
+audit: $(STAMP)
+	$(BIN)/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+		$(foreach lock,$(LOCKS),-r $(lock))
+
+## The container image with the local Docker engine. Where no registry is reachable, build the base
+## first (deploy/local-image/build-base.sh) and pass IMAGE_BUILD_ARGS="--build-arg PYTHON_BASE=..."
+## (that script prints the line).
+IMAGE ?= orders-service:local
+IMAGE_BUILD_ARGS ?=
+image:
+	docker build $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+	docker image ls $(IMAGE)
+
+## Start that image against this machine's PostgreSQL and Redis (deploy/smoke-test.sh): refusals
+## without AUTH_ISSUER / CURSOR_SECRET, then /health, /ready, 401 without a token, one create.
+image-smoke:
+	deploy/smoke-test.sh $(IMAGE)
 
 ## Start the service (REST :8080, gRPC :9090); uses local PostgreSQL/Redis or starts embedded ones.
 run: $(STAMP)
