@@ -44,19 +44,38 @@ def _cost_lines(figures: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "| load tool run | req/s without watchers | with watchers | without again | with / without "
-        "| p99 ms without / with |",
+        "(mean of both) | p99 ms without / with / without again |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, base in without.items():
         loaded = with_.get(label, {})
         again = after.get(label, {})
-        ratio = f"{loaded['rps'] / base['rps']:.2f}" if loaded.get("rps") and base.get("rps") else "-"
+        bracket = (base["rps"] + again["rps"]) / 2 if again.get("rps") else base["rps"]
+        ratio = f"{loaded['rps'] / bracket:.2f}" if loaded.get("rps") and bracket else "-"
         errors = sum(x.get("errors", 0) for x in (base, loaded, again))
         lines.append(
             f"| {label} | {base['rps']:,} | {loaded.get('rps', 0):,} | {again.get('rps', 0):,} | {ratio} | "
-            f"{base.get('p99_ms')} / {loaded.get('p99_ms')} |" + (f" {errors} errors" if errors else "")
+            f"{base.get('p99_ms')} / {loaded.get('p99_ms')} / {again.get('p99_ms')} |"
+            + (f" {errors} errors" if errors else "")
         )
     return lines
+
+
+def _per_delivery(figures: dict[str, Any], cpu_s: dict[str, float]) -> list[str]:
+    """CPU of the process serving each kind of watcher per change it delivered (the HTTP worker's
+    figure includes the creates it served: see --cost for what they cost alone)."""
+    lines = []
+    watchers = figures.get("watchers", {})
+    serving = {"sse": [n for n in cpu_s if n.startswith("http-worker")], "grpc": ["grpc"]}
+    for kind, names in serving.items():
+        report = watchers.get(kind)
+        if report and report["received"]:
+            used = sum(cpu_s.get(name, 0.0) for name in names)
+            per = used / report["received"] * 1e6
+            lines.append(
+                f"{kind}: {'+'.join(names)} {used:.2f} CPU s for {report['received']:,} deliveries: {per:.1f} us each"
+            )
+    return ["", *lines] if lines else []
 
 
 def markdown(figures: dict[str, Any]) -> str:
@@ -102,7 +121,8 @@ def markdown(figures: dict[str, Any]) -> str:
     if figures.get("cost_without"):
         lines += _cost_lines(figures)
     rss = [figures.get(k, {}) for k in ("rss_idle_kib", "rss_attached_kib", "rss_end_kib", "rss_peak_kib")]
-    cores = figures.get("cpu_cores", {})
+    cpu = figures.get("cpu", {})
+    cores = cpu.get("cores", {})
     lines += [
         "",
         "| process | RSS MB before the watchers | watchers attached | end of the load | max | cores busy |",
@@ -111,4 +131,6 @@ def markdown(figures: dict[str, Any]) -> str:
     for name in sorted(set().union(*rss, cores)):
         sizes = " | ".join(_mb(sample.get(name)) for sample in rss)
         lines.append(f"| {name} | {sizes} | {cores.get(name, '-')} |")
+    if not figures["settings"]["cost"]:  # with --cost, the window holds the load tool's requests
+        lines += _per_delivery(figures, cpu.get("cpu_s", {}))
     return "\n".join(lines)

@@ -238,18 +238,19 @@ def record_profile(service: ServiceProcess, seconds: int, path: Path) -> threadi
     return thread
 
 
-def cpu_window(groups: dict[str, list[int]]) -> Callable[[], dict[str, float]]:
-    """Starts measuring; the returned function gives each group's cores busy since then."""
+def cpu_window(groups: dict[str, list[int]]) -> Callable[[], dict[str, Any]]:
+    """Starts measuring; the returned function gives each group's CPU seconds and cores busy since then."""
     started = time.monotonic()
     before = {name: cpu_seconds(pids) for name, pids in groups.items()}
     box = box_busy()
 
-    def cores() -> dict[str, float]:
+    def cores() -> dict[str, Any]:
         seconds = time.monotonic() - started
-        result = {name: round((cpu_seconds(pids) - before[name]) / seconds, 2) for name, pids in groups.items()}
+        used = {name: round(cpu_seconds(pids) - before[name], 2) for name, pids in groups.items()}
         busy, total = box_busy()
-        result["whole box"] = round((busy - box[0]) / (total - box[1]) * (os.cpu_count() or 1), 2)
-        return result
+        busy_cores = {name: round(cpu / seconds, 2) for name, cpu in used.items()}
+        busy_cores["whole box"] = round((busy - box[0]) / (total - box[1]) * (os.cpu_count() or 1), 2)
+        return {"window_s": round(seconds, 2), "cpu_s": used, "cores": busy_cores}
 
     return cores
 
@@ -303,7 +304,7 @@ def measure(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             result["creates"]["cores_busy"] = round(result["creates"]["cpu_s"] / result["creates"]["seconds"], 2)
             if profiling is not None:
                 profiling.join(args.profile + 90)
-        result["cpu_cores"] = cores()
+        result["cpu"] = cores()
         result["rss_end_kib"] = sampler.sample()
         result["drained_after_s"] = drain(dsn)
         last = stream_info(store, service.stream)[0]
