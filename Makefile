@@ -6,8 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lock lock-check audit image image-smoke run test test-pure test-unit test-integration test-e2e lint \
 	format proto migrate clean loadtest-create loadtest-mixed loadtest-duration bench bench-save bench-compare bench-gate \
-	bench-rebaseline bench-results \
-	bench-runtimes bench-sitting bench-revisions bench-overload \
+	bench-rebaseline bench-results bench-runtimes bench-sitting bench-revisions bench-overload bench-watchers \
 	pprof-cpu pprof-dump pprof-web soak test-faults fuzz
 
 # Hashed lock files (requirements/README.md): what every install takes, exactly.
@@ -171,6 +170,13 @@ bench-sitting: $(STAMP)
 REVISIONS ?= HEAD~1 HEAD
 bench-revisions: $(STAMP)
 	$(BIN)/python -m benchmarks.revisions $(REVISIONS)
+
+## Watchers of the change feed (issue 19, ~1 min): SSE + gRPC watchers on one service while creates run at a
+## fixed rate: every change delivered once, delivery latency, RSS, CPU; WATCHERS_ARGS e.g. `--sse 100 --grpc 20
+## --rate 200` or `--cost` (load tool req/s without and with the watchers attached).
+WATCHERS_ARGS ?=
+bench-watchers: $(STAMP)
+	$(BIN)/python -m benchmarks.watchers $(WATCHERS_ARGS)
 
 ## The same REST handlers on granian RSGI (production), granian ASGI and robyn, side by side (~2 min):
 ## req/s, p50/p99, CPU per request, SIGTERM behaviour; writes benchmarks/runtimes/LATEST.md.

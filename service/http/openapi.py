@@ -211,10 +211,11 @@ def build_openapi(secured: bool = True) -> dict[str, Any]:
                 "summary": "Follow order changes live (Server-Sent Events), resumable",
                 "description": "A text/event-stream that does not end on its own: each change is an event "
                 "with `id: <cursor>`, `event: order.created|order.updated|order.deleted` and `data: <order JSON>` "
-                "(for a delete, the order's last state). A comment line comes at least every 15 s. Resume with "
-                "the standard Last-Event-ID header (or `after`): every later change once, in order. A watcher "
-                "that falls too far behind gets a last `event: error` (problem JSON) and the stream ends; at "
-                "shutdown the stream ends after its last event.",
+                "(for a delete, the order's last state). A comment line comes every WATCH_HEARTBEAT seconds (15 by "
+                "default) while nothing happens. Resume with the standard Last-Event-ID header (or `after`): "
+                "every later change once, in order. A watcher that falls more than WATCH_BUFFER changes behind "
+                "gets a last `event: error` (problem JSON, status 429, type watcher-too-slow) and the stream "
+                "ends; at shutdown the stream ends after its last event.",
                 "parameters": [
                     {
                         "name": "order_id",
@@ -249,6 +250,7 @@ def build_openapi(secured: bool = True) -> dict[str, Any]:
                     "400": _problem("Malformed cursor or order id, an unknown order id, more than 100 ids"),
                     "410": _problem("The cursor is older than the oldest change still held: changes are gone"),
                     **_COMMON_ERRORS,
+                    "503": _problem("PostgreSQL or the event stream (Redis) unavailable; shutting down", _RETRY_AFTER),
                 },
             },
         },

@@ -44,8 +44,6 @@ INTENTIONALLY_DEFAULTED = {
     "COALESCE_MAX_IN_FLIGHT": "a tuning knob for measurements; its default is what deployments want",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "tracing is opt-in, and the image does not ship the `tracing` extra",
     "OTEL_SERVICE_NAME": "only read when tracing is on; its default names the service",
-    "WATCH_BUFFER": "a tuning knob of watchers; its default is what deployments want",
-    "WATCH_HEARTBEAT": "SSE keep-alive interval; its default (15 s) suits common proxies",
     "AUTH_JWKS_FILE": "Kubernetes reads the issuer's JWKS from AUTH_JWKS_URL; compose sets the file",
     "TLS_CERT_FILE": "TLS terminates at the ingress or mesh unless a certificate Secret is mounted",
     "TLS_KEY_FILE": "as TLS_CERT_FILE",
