@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 
 import pytest
 
 from benchmarks.processes import ServiceProcess
 from tests.conftest import IsolatedSchema, TestServices
+
+
+@contextmanager
+def isolated_service(
+    test_services: TestServices,
+    roles: str = "http",
+    env: Mapping[str, str] | None = None,
+    *,
+    wait_for_grpc: bool = False,
+    name: str = "test",
+) -> Iterator[tuple[ServiceProcess, IsolatedSchema]]:
+    """A running service in a schema of its own (for a fixture that outlives one test); stopped,
+    and its schema dropped, afterwards."""
+    isolated = IsolatedSchema(test_services.database_url)
+    asyncio.run(isolated.create())
+    try:
+        proc = ServiceProcess(isolated.dsn, test_services.redis_url, roles, env, name=name)
+        proc.start(wait_for_grpc=wait_for_grpc)
+        try:
+            yield proc, isolated
+        finally:
+            proc.stop()
+    finally:
+        asyncio.run(isolated.drop())
 
 
 @pytest.fixture
@@ -41,14 +67,5 @@ def start_service(
 @pytest.fixture(scope="module")
 def module_service(test_services: TestServices) -> Iterator[ServiceProcess]:
     """One service (http role) shared by the tests of a module, in its own schema."""
-    import asyncio
-
-    isolated = IsolatedSchema(test_services.database_url)
-    asyncio.run(isolated.create())
-    proc = ServiceProcess(isolated.dsn, test_services.redis_url, "http", {})
-    proc.start()
-    try:
+    with isolated_service(test_services) as (proc, _):
         yield proc
-    finally:
-        proc.stop()
-        asyncio.run(isolated.drop())

@@ -3,7 +3,6 @@ shapes, every refused token, owner isolation, events carrying owner and actor, J
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.auth_tokens import (
     write_jwks,
 )
 from tests.conftest import IsolatedSchema
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, isolated_service
 from tests.private_servers import wait_until
 
 if TYPE_CHECKING:
@@ -57,18 +56,13 @@ def jwt_service(
 ) -> Iterator[tuple[ServiceProcess, IsolatedSchema]]:
     """All roles with AUTH_MODE=jwt and keys from a JWKS file, shared by the module."""
     jwks_file = write_jwks(tmp_path_factory.mktemp("jwks") / "jwks.json", KEY, RSA_KEY)
-    isolated = IsolatedSchema(test_services.database_url)
-    asyncio.run(isolated.create())
-    proc = ServiceProcess(
-        isolated.dsn, test_services.redis_url, "http,grpc,worker", {**AUTH_ENV, "AUTH_JWKS_FILE": str(jwks_file)}
-    )
-    proc.start(wait_for_grpc=True)
-    try:
-        yield proc, isolated
-    finally:
-        proc.stop()
-        redis.Redis.from_url(test_services.redis_url).delete(proc.stream, f"{proc.stream}.dlq")
-        asyncio.run(isolated.drop())
+    env = {**AUTH_ENV, "AUTH_JWKS_FILE": str(jwks_file)}
+    with isolated_service(test_services, "http,grpc,worker", env, wait_for_grpc=True) as (proc, isolated):
+        try:
+            yield proc, isolated
+        finally:
+            proc.stop()
+            redis.Redis.from_url(test_services.redis_url).delete(proc.stream, f"{proc.stream}.dlq")
 
 
 @pytest.fixture

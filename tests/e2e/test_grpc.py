@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.conftest import IsolatedSchema, free_port
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, isolated_service
 
 if TYPE_CHECKING:
     from tests.conftest import TestServices
@@ -42,15 +42,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @pytest.fixture(scope="module")
 def grpc_service(test_services: TestServices) -> Iterator[tuple[ServiceProcess, IsolatedSchema]]:
     """One service (http + grpc roles) shared by the module, in its own schema."""
-    isolated = IsolatedSchema(test_services.database_url)
-    asyncio.run(isolated.create())
-    proc = ServiceProcess(isolated.dsn, test_services.redis_url, "http,grpc", {})
-    proc.start(wait_for_grpc=True)
-    try:
-        yield proc, isolated
-    finally:
-        proc.stop()
-        asyncio.run(isolated.drop())
+    with isolated_service(test_services, "http,grpc", wait_for_grpc=True) as started:
+        yield started
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
-from tests.conftest import IsolatedSchema, TestServices
-from tests.e2e.conftest import ServiceProcess
+from tests.conftest import TestServices
+from tests.e2e.conftest import ServiceProcess, isolated_service
 from tests.watching import SseReader, grpc_watch, read_changes, sse_watch, stream_ids, stream_tip
 
 pytestmark = pytest.mark.e2e
@@ -34,15 +34,8 @@ ENV = {"WATCH_BUFFER": str(BUFFER), "WATCH_HEARTBEAT": "1", "SHUTDOWN_TIMEOUT": 
 @pytest.fixture(scope="module")
 def watched(test_services: TestServices) -> Iterator[ServiceProcess]:
     """http + grpc + worker (the worker confirms each created order: one more change each)."""
-    isolated = IsolatedSchema(test_services.database_url)
-    asyncio.run(isolated.create())
-    proc = ServiceProcess(isolated.dsn, test_services.redis_url, "http,grpc,worker", ENV, name="watch")
-    proc.start(wait_for_grpc=True)
-    try:
+    with isolated_service(test_services, "http,grpc,worker", ENV, wait_for_grpc=True, name="watch") as (proc, _):
         yield proc
-    finally:
-        proc.stop()
-        asyncio.run(isolated.drop())
 
 
 @pytest.fixture

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import IsolatedSchema, TestServices
-from tests.e2e.conftest import ServiceProcess
+from tests.conftest import TestServices
+from tests.e2e.conftest import ServiceProcess, isolated_service
 
 CURSOR_SECRET = "hostile-input-cursor-secret-of-32-bytes-or-more"
 
 
 @pytest.fixture(scope="package")
 def hostile_service(test_services: TestServices) -> Iterator[ServiceProcess]:
-    isolated = IsolatedSchema(test_services.database_url)
-    asyncio.run(isolated.create())
-    proc = ServiceProcess(isolated.dsn, test_services.redis_url, "http,grpc", {"CURSOR_SECRET": CURSOR_SECRET})
-    proc.start(wait_for_grpc=True)
-    try:
+    env = {"CURSOR_SECRET": CURSOR_SECRET}
+    with isolated_service(test_services, "http,grpc", env, wait_for_grpc=True) as (proc, _):
         yield proc
-    finally:
-        proc.stop()
-        asyncio.run(isolated.drop())
