@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -43,3 +44,13 @@ async def redis_client(test_services: TestServices) -> AsyncIterator[aioredis.Re
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def stream(redis_client: aioredis.Redis) -> AsyncIterator[str]:
+    """A Redis stream name of this test's own; the stream and its dead-letter stream are deleted afterwards."""
+    name = f"test-stream-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        await redis_client.delete(name, f"{name}.dlq")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
-import pytest
 import redis.asyncio as aioredis
 
 from service.access import RequestContext
@@ -22,15 +20,6 @@ from tests.conftest import IsolatedSchema
 
 if TYPE_CHECKING:
     pass
-
-
-@pytest.fixture
-async def stream(redis_client: aioredis.Redis) -> AsyncIterator[str]:
-    name = f"relay-test-{uuid.uuid4().hex[:8]}"
-    try:
-        yield name
-    finally:
-        await redis_client.delete(name, f"{name}.dlq")
 
 
 GROUP = "order-processors"

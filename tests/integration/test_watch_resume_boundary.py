@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -52,15 +51,6 @@ def change(number: int) -> dict[str, str]:
         "event_id": str(uuid.uuid4()),
         "occurred_at": "2026-12-04T19:00:00.000001Z",
     }
-
-
-@pytest.fixture
-async def stream(redis_client: aioredis.Redis) -> AsyncIterator[str]:
-    name = f"watch-boundary-{uuid.uuid4().hex[:8]}"
-    try:
-        yield name
-    finally:
-        await redis_client.delete(name)
 
 
 async def test_a_resume_while_the_hub_lags_gets_each_change_once(redis_client: aioredis.Redis, stream: str) -> None:
