@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import msgspec
 
+from service.store.database import tls_options
+
 # Where PostgreSQL and Redis are when DATABASE_URL / REDIS_URL are unset: the local default ports.
 LOCAL_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
@@ -170,18 +172,13 @@ def _url(*schemes: str) -> Callable[[str, str], str]:
     return parse
 
 
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
 def _database_url(name: str, raw: str) -> str:
-    """A postgres(ql):// URL whose `sslmode` is one of libpq's, a verify-* one with `sslrootcert`."""
+    """A postgres(ql):// URL whose TLS options the driver takes (store.database.tls_options)."""
     _url("postgres", "postgresql")(name, raw)
-    params = dict(parse_qsl(urlsplit(raw).query, keep_blank_values=True))
-    mode = params.get("sslmode")
-    if mode is not None and mode not in _SSLMODES:
-        raise ConfigError(f"{name}: sslmode={mode!r} must be one of {', '.join(_SSLMODES)}")
-    if mode in ("verify-ca", "verify-full") and not params.get("sslrootcert"):
-        raise ConfigError(f"{name}: sslmode={mode} needs sslrootcert=<CA file> (the CA of the server's certificate)")
+    try:
+        tls_options(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return raw
 
 

@@ -80,9 +80,10 @@ def tls_options(dsn: str) -> tuple[str, dict[str, Any]]:
     """The DSN without `sslmode`/`sslrootcert`, and them as psqlpy's `ssl_mode`/`ca_file` arguments.
 
     psqlpy's own DSN parsing refuses `sslrootcert` and silently connects in plaintext with
-    `sslmode=verify-ca` or `verify-full`, so both are taken out and passed explicitly. A verify-*
-    mode without `sslrootcert` is a ValueError: psqlpy would encrypt without checking anything
-    (libpq would look for ~/.postgresql/root.crt; here the CA file is always named).
+    `sslmode=verify-ca` or `verify-full`, so both are taken out and passed explicitly. A mode libpq
+    does not know is a ValueError, and so is a verify-* mode without `sslrootcert`: psqlpy would
+    encrypt without checking anything (libpq would look for ~/.postgresql/root.crt; here the CA
+    file is always named).
     """
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
@@ -90,7 +91,9 @@ def tls_options(dsn: str) -> tuple[str, dict[str, Any]]:
     kept: list[tuple[str, str]] = []
     mode = None
     for name, value in params:
-        if name == "sslmode" and value in _SSL_MODES:
+        if name == "sslmode":
+            if value not in _SSL_MODES:
+                raise ValueError(f"sslmode={value!r} must be one of {', '.join(_SSL_MODES)}")
             mode = value
             options["ssl_mode"] = _SSL_MODES[value]
         elif name == "sslrootcert":
