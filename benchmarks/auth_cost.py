@@ -27,12 +27,11 @@ import httpx
 
 from benchmarks import h2load as h2load_tool
 from benchmarks.database import admin_sql
-from benchmarks.processes import ServiceProcess, descendants
+from benchmarks.processes import ServiceProcess, cpu_seconds, descendants
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 from tests.auth_tokens import AUDIENCE, ISSUER, SigningKey, write_jwks
 
 DATABASE = "orders_auth_bench"
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 _WRK_LUA = """
 local token = "{token}"
@@ -51,18 +50,6 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, summary.errors.status))
 end
 """
-
-
-def cpu_seconds(root: int) -> float:
-    """User + system CPU of every process below `root` (the role processes and their workers)."""
-    total = 0
-    for pid in descendants(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _TICKS
 
 
 def wrk(service: ServiceProcess, method: str, path: str, token: str, seconds: int) -> tuple[int, float, int]:
@@ -150,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:
                 for mode, (_, mode_token) in order:
                     service = services[mode]
-                    before = cpu_seconds(service.pid)
+                    before = cpu_seconds(descendants(service.pid))
                     if case.startswith("REST GET"):
                         ok, wall, failed = wrk(service, "GET", f"/orders/{order_ids[mode]}", mode_token, args.seconds)
                     elif case.startswith("REST POST"):
                         ok, wall, failed = wrk(service, "POST", "/orders", mode_token, args.seconds)
                     else:
                         ok, wall, failed = h2load(service, order_ids[mode], mode_token, args.seconds)
-                    cpu = cpu_seconds(service.pid) - before
+                    cpu = cpu_seconds(descendants(service.pid)) - before
                     if failed:
                         raise RuntimeError(f"{case} {mode}: {failed} failed requests")
                     results.setdefault(case, {}).setdefault(mode, []).append((ok / wall, cpu / max(ok, 1) * 1e6))

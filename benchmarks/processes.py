@@ -42,6 +42,19 @@ def descendants(pid: int) -> list[int]:
     return [d for c in children(pid) for d in (c, *descendants(c))]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the given processes (all their threads), from /proc/<pid>/stat; a
+    process gone meanwhile counts nothing."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of `pid` in KiB; 0 once it has gone."""
     with contextlib.suppress(OSError):

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processes import ServiceProcess, descendants
-from benchmarks.sitting import cpu_seconds, fresh_database, grpc_messages, h2load, load
+from benchmarks.processes import ServiceProcess, cpu_seconds, descendants
+from benchmarks.sitting import fresh_database, grpc_messages, h2load, load
 from service.config import LOCAL_POSTGRES_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ import httpx
 
 from benchmarks import h2load as h2load_tool
 from benchmarks.database import admin_sql, fetch_rows
-from benchmarks.processes import ServiceProcess, descendants, free_port
+from benchmarks.processes import ServiceProcess, cpu_seconds, descendants, free_port
 from service.config import LOCAL_POSTGRES_ADMIN_URL, with_database
 
 REST_SCENARIOS: list[tuple[str, str, list[str]]] = [
@@ -50,17 +50,6 @@ REST_SCENARIOS: list[tuple[str, str, list[str]]] = [
     ("mixed 40/30/20/10", "mixed", []),
 ]
 PEER_SCENARIOS = {"get", "create", "update", "mixed"}
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def load(url: str, scenario: str, extra: list[str], seconds: float, warmup: float) -> dict[str, Any]:

@@ -52,8 +52,8 @@ import redis
 
 from benchmarks import open_loop
 from benchmarks.database import fetch_rows
-from benchmarks.processes import ServiceProcess, rss_kib
-from benchmarks.sitting import cpu_seconds, fresh_database, grpc_load, load
+from benchmarks.processes import ServiceProcess, cpu_seconds, rss_kib
+from benchmarks.sitting import fresh_database, grpc_load, load
 from benchmarks.soak import processes
 from benchmarks.watch_clients import ClientPlan, client_process
 from benchmarks.watch_report import markdown, merge_kind

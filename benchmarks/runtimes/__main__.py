@@ -36,8 +36,8 @@ import httpx
 import psqlpy
 
 from benchmarks.database import admin_sql
-from benchmarks.processes import descendants
-from benchmarks.runtimes.servers import RUNTIMES, RuntimeServer, alive, cpu_seconds
+from benchmarks.processes import cpu_seconds, descendants
+from benchmarks.runtimes.servers import RUNTIMES, RuntimeServer, alive
 from benchmarks.wrk_driver import wrk_binary
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 

@@ -33,21 +33,6 @@ RUNTIMES: dict[str, list[str]] = {
     "robyn": [sys.executable, "-m", "benchmarks.runtimes.robyn_app"],
 }
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of the given processes (all their threads), from /proc/<pid>/stat."""
-    ticks = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / CLOCK_TICKS
-
 
 def alive(pid: int) -> bool:
     try:
