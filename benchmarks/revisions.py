@@ -1,14 +1,16 @@
 """Before/after of whole revisions in one sitting: REST GET and POST, gRPC GetOrder, interleaved.
 
     python -m benchmarks.revisions 8ffcbcf b0b4103 HEAD --rounds 6
+    python -m benchmarks.revisions HEAD~1 HEAD --rest update,mixed --no-grpc
 
 Each revision is checked out with `git worktree add` under a temporary folder, its `native/`
 compiled in place, and run from there with this checkout's interpreter and packages (so a
 revision that needs other dependencies is not comparable this way). Each round runs every
-revision once, on a fresh database, in alternating order; a run is REST GET and POST with every
-role (`HTTP_WORKERS=2`; the load tool's wrk driver, 32 connections) and gRPC GetOrder with roles
-`http,grpc` (`HTTP_WORKERS=1`; h2load, 8 connections x 4 streams). Prints the median and range of
-each figure per revision, and CPU per request of the service's processes (from /proc).
+revision once, on a fresh database, in alternating order; a run is REST GET and POST (or the
+`--rest` scenarios) with every role (`HTTP_WORKERS=2`; the load tool's wrk driver, 32
+connections) and, unless `--no-grpc`, gRPC GetOrder with roles `http,grpc` (`HTTP_WORKERS=1`;
+h2load, 8 connections x 4 streams). Prints the median and range of each figure per revision, and
+CPU per request of the service's processes (from /proc).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from service.config import LOCAL_POSTGRES_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 GET_ORDER = "orders.OrderService/GetOrder"
+REST_LABELS = {"get": "GET", "create": "POST", "update": "PUT", "mixed": "mixed", "list": "list"}
 
 
 @contextmanager
@@ -67,7 +70,8 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         service = ServiceProcess(dsn, args.redis_url, extra_env=quiet, name="revisions", source=tree)
         service.start(timeout=60)
         try:
-            for label, scenario in (("GET", "get"), ("POST", "create")):
+            for scenario in args.rest:
+                label = REST_LABELS[scenario]
                 pids = [service.pid, *descendants(service.pid)]
                 before = cpu_seconds(pids)
                 report = load(service.base_url, scenario, [], args.seconds, args.warmup)
@@ -75,6 +79,8 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 figures[label] = {"rate": report["throughput_rps"], "cpu_us": cpu_per_request(pids, before, served)}
         finally:
             service.stop(timeout=30)
+    if args.no_grpc:
+        return figures
     with fresh_database(args.admin_url, f"revisions_{uuid.uuid4().hex[:8]}") as dsn:
         env = {**quiet, "HTTP_WORKERS": "1"}
         service = ServiceProcess(dsn, args.redis_url, "http,grpc", env, name="revisions", source=tree)
@@ -94,7 +100,7 @@ def measure(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def summary(runs: dict[str, list[dict[str, dict[str, Any]]]]) -> str:
     lines = ["| revision | figure | median | range | CPU us/req (median) |", "|---|---|---:|---:|---:|"]
     for revision, results in runs.items():
-        for figure in ("GET", "POST", "GetOrder"):
+        for figure in results[0]:
             rates = [run[figure]["rate"] for run in results]
             cpus = [run[figure]["cpu_us"] for run in results if run[figure]["cpu_us"] is not None]
             spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
@@ -112,7 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--json", dest="json_path", default="benchmarks/revisions-latest.json")
+    parser.add_argument(
+        "--rest", default="get,create", help=f"load-tool scenarios, comma-separated ({', '.join(REST_LABELS)})"
+    )
+    parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC GetOrder run")
     args = parser.parse_args(argv)
+    args.rest = [name for name in args.rest.split(",") if name]
+    unknown = [name for name in args.rest if name not in REST_LABELS]
+    if unknown:
+        parser.error(f"unknown REST scenario(s): {', '.join(unknown)}")
     runs: dict[str, list[dict[str, dict[str, Any]]]] = {revision: [] for revision in args.revisions}
     with checkouts(args.revisions) as trees:
         for round_number in range(args.rounds):
