@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from service.access import RequestContext
 from service.clock import SystemClock, UuidV7Source
 from service.cursor import CursorCodec
-from service.domain import EventType, IdempotencyKeyReused, OrderEvent, OrderStatus, StoreUnavailable
+from service.domain import EventType, IdempotencyKeyReused, Order, OrderEvent, OrderStatus, StoreUnavailable
 from service.orders import CreateResult, OrderService
 from service.store.database import Database
 from service.store.migrator import load_migrations, migrate
@@ -97,6 +98,37 @@ async def test_concurrent_updates_of_different_orders_share_one_statement(
     assert {order_id: count for order_id, count in events} == {
         str(o.id): (3 if o.id == target.id else 1) for o in orders
     }
+
+
+async def test_writers_of_one_order_from_one_version_in_a_batch_cost_one_statement(
+    store: PostgresOrderStore, pg_service: OrderService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = (await pg_service.create("one", 1)).order
+    other = (await pg_service.create("two", 1)).order
+    statements: list[str] = []
+    real_fetch = database.fetch
+
+    async def counted(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        statements.append(sql)
+        return await real_fetch(sql, params)
+
+    monkeypatch.setattr(store._db, "fetch", counted)
+
+    def change(current: Order, quantity: int, expected: int) -> tuple[Order, int, OrderEvent]:
+        changed = msgspec.structs.replace(current, quantity=quantity, version=expected + 1)
+        event = OrderEvent(id=uuid.uuid4(), type=EventType.UPDATED, order=changed, occurred_at=changed.updated_at)
+        return changed, expected, event
+
+    # three writers of `order` that all read version 1, one of `other`: the two that lose need no statement
+    results = await store.replace_many_if_version(
+        [change(order, 5, 1), change(order, 6, 1), change(other, 7, 1), change(order, 8, 1)]
+    )
+    assert results == [True, False, True, False]
+    assert len(statements) == 1
+    stored = await store.get(order.id)
+    assert stored is not None and (stored[0].quantity, stored[0].version) == (5, 2)
+    events = await database.fetch("SELECT count(*) FROM outbox WHERE event_type = 'order.updated'")
+    assert events == [(2,)]
 
 
 async def test_update_and_delete_write_events_in_the_same_statement(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from service.access import RequestContext
@@ -255,3 +256,54 @@ async def test_confirm_many_confirms_an_order_changed_meanwhile_under_its_row_lo
     assert await service.confirm_many([(str(order.id), RequestContext())]) == [True]
     current = await service.get(str(order.id))
     assert (current.status, current.quantity, current.version) == (OrderStatus.CONFIRMED, 7, 3)
+
+
+def _interloping_writer(service, store, order_id: str, races: int):  # type: ignore[no-untyped-def]
+    """Make the first `races` conditional writes of `order_id` lose to another writer (who sets
+    quantity 7 + n first), and count the changes that take the row lock."""
+    real_replace, real_locked = store.replace_if_version, store.change_locked
+    seen = {"races": 0, "locked": 0}
+
+    async def replace(order, expected_version, event):  # type: ignore[no-untyped-def]
+        if str(order.id) == order_id and seen["races"] < races:
+            seen["races"] += 1
+            current = store.orders[order.id]
+            theirs = msgspec.structs.replace(current, quantity=7 + seen["races"], version=current.version + 1)
+            await real_replace(theirs, current.version, msgspec.structs.replace(event, order=theirs))
+        return await real_replace(order, expected_version, event)
+
+    async def locked(order_uuid, decide):  # type: ignore[no-untyped-def]
+        seen["locked"] += 1
+        return await real_locked(order_uuid, decide)
+
+    store.replace_if_version, store.change_locked = replace, locked
+    return seen
+
+
+async def test_a_change_that_loses_one_race_reads_again_and_stays_off_the_row_lock() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("a", 1)).order
+    seen = _interloping_writer(service, store, str(order.id), races=1)
+    updated = await service.update(str(order.id), status="confirmed")
+    assert seen == {"races": 1, "locked": 0}
+    # applied on top of the interloper's change (quantity 8, version 2), not over it
+    assert (updated.status, updated.quantity, updated.version) == (OrderStatus.CONFIRMED, 8, 3)
+    assert [e.order.version for e in store.outbox if e.type is EventType.UPDATED] == [2, 3]
+
+
+async def test_a_change_that_keeps_losing_races_takes_the_row_lock_and_still_applies() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("a", 1)).order
+    seen = _interloping_writer(service, store, str(order.id), races=5)
+    updated = await service.update(str(order.id), status="confirmed")
+    assert seen == {"races": 2, "locked": 1}  # two optimistic tries, then the lock
+    assert (updated.status, updated.quantity, updated.version) == (OrderStatus.CONFIRMED, 9, 4)
+    assert [e.order.version for e in store.outbox if e.type is EventType.UPDATED] == [2, 3, 4]
+
+
+async def test_a_version_demanded_by_the_caller_is_checked_again_after_a_lost_race() -> None:
+    service, store, _ = make_service()
+    order = (await service.create("a", 1)).order
+    _interloping_writer(service, store, str(order.id), races=1)
+    with pytest.raises(VersionMismatch):
+        await service.update(str(order.id), quantity=3, expected_version=1)

@@ -261,14 +261,19 @@ class PostgresOrderStore:
         if len(batch) == 1:
             return [await self._update_one(*batch[0])]
         # A second update of the same order in one batch goes after the batch, on its own: in one
-        # UPDATE ... FROM both would join the row and only one would apply, unknowably which.
+        # UPDATE ... FROM both would join the row and only one would apply, unknowably which. One
+        # that expects the same version as the first cannot apply whatever the first does (the
+        # first moves the version on, or found it moved already): it fails without a statement.
         first: dict[uuid.UUID, int] = {}
         later: list[int] = []
-        for index, (order, _, _) in enumerate(batch):
-            if order.id in first:
-                later.append(index)
-            else:
+        lost: list[int] = []
+        for index, (order, expected_version, _) in enumerate(batch):
+            if order.id not in first:
                 first[order.id] = index
+            elif batch[first[order.id]][1] == expected_version:
+                lost.append(index)
+            else:
+                later.append(index)
         columns: list[list[Any]] = [[] for _ in range(15)]
         for index in first.values():
             for column, value in zip(columns, _update_params(*batch[index]), strict=True):
@@ -276,6 +281,8 @@ class PostgresOrderStore:
         rows = await self._db.fetch(_UPDATE_MANY, columns)
         changed = {parse_uuid(row[0]) for row in rows}
         results = [batch[index][0].id in changed for index in range(len(batch))]
+        for index in lost:
+            results[index] = False
         for index in later:
             results[index] = await self._update_one(*batch[index])
         return results
