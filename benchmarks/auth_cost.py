@@ -169,4 +169,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from service.process_exit import run_then_exit
+
+    run_then_exit(main)

@@ -313,4 +313,6 @@ def markdown(figures: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from service.process_exit import run_then_exit
+
+    run_then_exit(main)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +21,7 @@ from service.config import (
     load_settings,
     redact_url,
 )
+from service.process_exit import run_then_exit
 from service.setting_files import check_files
 
 log = logging.getLogger("orders.cli")
@@ -322,40 +320,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The console script: `main`, then exit without finalizing the interpreter.
-
-    psqlpy's tokio threads outlive asyncio.run and may still hand a dropped Python object back
-    (PyGILState_Ensure/Release) while the main thread finalizes; CPython then aborts the process
-    ("PyGILState_Release: thread state must be current", exit -6), about one `migrate` in 150.
-    So everything finalization would do for us is done here while the interpreter is whole
-    (atexit handlers, logging handlers, stdio buffers), and the process ends with os._exit.
-    """
-    try:
-        code = main()
-    except SystemExit as stop:
-        code = _exit_code(stop.code)
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:  # what the interpreter would print before exiting 1
-        traceback.print_exc()
-        code = 1
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe takes nothing more
-            stream.flush()
-    os._exit(code)
-
-
-def _exit_code(code: object) -> int:
-    """SystemExit's argument as the interpreter reads it: None is 0, an int is itself, anything
-    else is printed to stderr and means 1."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
+    """The console script: `main`, then exit without finalizing the interpreter (see process_exit)."""
+    run_then_exit(main)
 
 
 if __name__ == "__main__":

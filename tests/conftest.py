@@ -13,10 +13,13 @@ from benchmarks.database import admin_sql, with_search_path
 from benchmarks.processes import free_port as free_port  # shared with the benchmark commands
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 from service.devservers import answers, resolve_services
+from service.process_exit import exit_now
 from service.store.migrator import migrate
 
 
 class TestServices:
+    __test__ = False  # a fixture's value, not a test class
+
     def __init__(self, database_url: str, redis_url: str) -> None:
         self.database_url = database_url
         self.redis_url = redis_url
@@ -79,3 +82,25 @@ async def schema(test_services: TestServices) -> AsyncIterator[IsolatedSchema]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Cleanups run last-added first: this one, added before pytest's own, runs after all of them.
+    config.add_cleanup(lambda: _exit_without_finalizing(config))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def _exit_without_finalizing(config: pytest.Config) -> None:
+    """The suite's process ends as `orders-service` does (service.process_exit): psqlpy's threads,
+    which the fixtures used, may otherwise abort the interpreter as it finalizes, after a run
+    that passed."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        exit_now(status)
