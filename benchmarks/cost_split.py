@@ -2,6 +2,7 @@
 
     python -m benchmarks.cost_split --scenario update                  # PUT, every role
     python -m benchmarks.cost_split --scenario create --roles http     # POST, HTTP role only
+    python -m benchmarks.cost_split --scenario create --env COALESCE_MAX_IN_FLIGHT=4
 
 Starts the service on a fresh database, drives one scenario of the load tool (wrk driver, 32
 connections, 2 threads) and reads, from /proc, the CPU that each group of processes spent over
@@ -85,7 +86,8 @@ def _settle(dsn: str, timeout: float = 30.0) -> None:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with fresh_database(args.admin_url, f"split_{uuid.uuid4().hex[:8]}") as dsn:
-        service = ServiceProcess(dsn, args.redis_url, args.roles, {"LOG_LEVEL": "WARNING"}, name="split")
+        settings = {"LOG_LEVEL": "WARNING", **args.env}
+        service = ServiceProcess(dsn, args.redis_url, args.roles, settings, name="split")
         service.start(wait_for_grpc="grpc" in args.roles, timeout=60)
         try:
             ids = _seed(service.base_url, SEED_ORDERS) if args.scenario in ("get", "update", "mixed") else []
@@ -124,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service (repeatable)"
+    )
     args = parser.parse_args(argv)
+    args.env = dict(item.split("=", 1) for item in args.env)
     figures = measure(args)
     print(f"{figures['scenario']} ({figures['roles']}): {figures['rps']:,} req/s, {figures['errors']} errors")
     total = 0
