@@ -4,16 +4,18 @@
 #   docker run --rm -p 8080:8080 -p 9090:9090 \
 #     -e DATABASE_URL=postgresql://... -e REDIS_URL=redis://... orders-service
 #
-# Three stages, all on the same Python base so a virtualenv built in one runs in another:
+# Four stages; the first three on the same Python base so a virtualenv built in one runs in another:
 #   builder  has a C compiler; builds the project wheel (Cython extension native._speedups)
 #            and takes a wheel for every runtime dependency into /wheels, each exactly as
 #            pinned in requirements/lock.txt and checked against its hashes (--require-hashes).
 #   venv     has NO compiler; installs /wheels offline (--no-index) into /opt/venv, which
 #            proves the wheel set is complete and nothing is compiled at install time.
-#   runtime  has NO compiler; copies /opt/venv. Copying the installed venv rather than the
-#            wheels keeps the ~40 MB of wheel files out of the final image's layers (a
-#            `RUN --mount=from=builder` would do the same but needs BuildKit; this file also
-#            builds with the classic builder).
+#   rootfs   has NO compiler; assembles the runtime's root filesystem from this same base: its
+#            Python, /opt/venv, tini, the CA bundle and the shared libraries they load. Copying
+#            the installed venv rather than the wheels keeps the ~40 MB of wheel files out of
+#            the final image (a `RUN --mount=from=builder` would do the same but needs BuildKit;
+#            this file also builds with the classic builder).
+#   runtime  FROM scratch: that root filesystem and nothing else (no shell, apt or coreutils).
 #
 # PYTHON_BASE must be a Debian-based image with python3 (>= 3.11) and its venv module;
 # the default is the official slim image. deploy/local-image/build-base.sh prepares one
@@ -102,36 +104,37 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python -c "import granian, grpc, psqlpy, uvloop, redis, hiredis, jwt, cryptography.hazmat.primitives.asymmetric.ed25519, msgspec, uuid_utils, google.protobuf, prometheus_client"
 
 # ---------------------------------------------------------------------------------------
-FROM ${PYTHON_BASE} AS runtime
+FROM ${PYTHON_BASE} AS rootfs
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# tini is PID 1: it forwards SIGTERM to the supervisor and reaps orphans. The supervisor
-# SIGKILLs the process group of a crashed role; those granian workers are re-parented to
-# PID 1, and a Python PID 1 never waits for processes it did not start (zombies).
-# The base's own pip/setuptools/wheel are removed: nothing uses them at run time and old
-# setuptools releases carry HIGH CVEs that the image scan would report.
+# The runtime's whole root filesystem, assembled from this base (deploy/image/assemble-rootfs.sh):
+# its Python and standard library, /opt/venv, tini (static: it is PID 1, forwarding SIGTERM to the
+# supervisor and reaping the orphans of a crashed role's granian workers, which a Python PID 1
+# never waits for), the CA bundle, and only the shared libraries those load; users root and
+# 10001 (orders); /tmp, /home/orders and /keys (where compose's one-shot `keys` service writes the
+# local dev JWKS: a fresh named volume mounted there takes this directory's owner, 10001).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
-    && rm -rf /var/lib/apt/lists/* \
-    && if python3 -m pip --version >/dev/null 2>&1; then \
-         python3 -m pip uninstall -y pip setuptools wheel; \
-       fi \
-    && groupadd --system --gid 10001 orders \
-    && useradd --system --uid 10001 --gid orders --home-dir /home/orders --create-home \
-         --shell /usr/sbin/nologin orders \
-    && install -d -o orders -g orders -m 0750 /keys
+    && apt-get install -y --no-install-recommends tini ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 
 COPY --from=venv /opt/venv /opt/venv
+COPY deploy/image/assemble-rootfs.sh /usr/local/bin/assemble-rootfs
+RUN assemble-rootfs /rootfs
+
+# ---------------------------------------------------------------------------------------
+# No shell, package manager or coreutils: the service execs only itself and py-spy, and the
+# probes are exec form. What Debian's userland was (127 MB of the 221) is not here.
+FROM scratch AS runtime
+
+COPY --from=rootfs /rootfs /
 
 # BIND: REST and gRPC must listen beyond the container's loopback.
 # ADMIN_BIND stays 127.0.0.1: the profiling port is unauthenticated, so the image never
 # exposes it by itself (a `docker run -p 6060:6060` or a pod IP would otherwise publish it).
 # compose.yaml opts in with ADMIN_BIND=0.0.0.0 because it publishes 6060 on the host's
 # 127.0.0.1 only; in Kubernetes use `kubectl port-forward`, which reaches the pod's loopback.
-# /keys: where compose's one-shot `keys` service (`orders-service dev-keys`) writes the local dev
-# JWKS; a fresh named volume mounted there takes this directory's owner, the non-root user.
 # AUTH_MODE=jwt: the image refuses to start until the deployment names its token issuer
 # (AUTH_ISSUER, AUTH_AUDIENCE, AUTH_JWKS_URL or AUTH_JWKS_FILE); no key or secret is defaulted.
 # MIGRATE_ON_START=false: migrations are a deployment step (`orders-service migrate`: the
@@ -139,7 +142,7 @@ COPY --from=venv /opt/venv /opt/venv
 # REQUIRE_CURSOR_SECRET=true: the image never makes up a secret; `serve` stops without CURSOR_SECRET
 # (a switch, not sensitive data: hence the DL3064 exception).
 # hadolint ignore=DL3064
-ENV PATH=/opt/venv/bin:${PATH} \
+ENV PATH=/opt/venv/bin:/usr/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BIND=0.0.0.0 \
@@ -164,5 +167,5 @@ EXPOSE 8080 9090 6060
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/health', timeout=2)"]
 
-ENTRYPOINT ["tini", "--", "orders-service"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/orders-service"]
 CMD ["serve"]

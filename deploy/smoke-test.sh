@@ -26,7 +26,7 @@ chmod 0777 "$keys"  # written by the image's non-root user (uid 10001)
 
 cleanup() {
   docker rm -f "$name" >/dev/null 2>&1 || true
-  docker run --rm -v "$keys":/keys --entrypoint sh "$image" -c 'rm -rf /keys/*' >/dev/null 2>&1 || true
+  docker run --rm -v "$keys":/keys --entrypoint /opt/venv/bin/python "$image" -c 'import pathlib, shutil; [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in pathlib.Path("/keys").iterdir()]' >/dev/null 2>&1 || true
   rm -rf "$keys"
 }
 trap cleanup EXIT

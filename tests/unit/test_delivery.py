@@ -131,8 +131,22 @@ def test_dockerfile_is_multi_stage_on_one_configurable_python_base(dockerfile: A
     )
     assert match, "the base image is a build ARG (PYTHON_BASE) so a local base can stand in"
     assert re.fullmatch(r"python:3\.1[1-9][\w.-]*-slim[\w.-]*", match.group(1)), match.group(1)
-    for stage in stages:
+    *building, final = stages
+    for stage in building:
         assert stage.base == "${PYTHON_BASE}", f"stage {stage.name} is not built on PYTHON_BASE"
+    # The runtime is only what a PYTHON_BASE stage assembled: the same Python, nothing else of Debian.
+    assert final.base == "scratch", "the runtime is assembled from the base, without its userland"
+    names = {stage.name for stage in building}
+    sources = [re.search(r"--from=(\S+)", i.args) for i in final.of("COPY")]
+    assert sources and all(source is not None and source.group(1) in names for source in sources)
+
+
+def test_the_runtime_root_filesystem_holds_what_the_service_loads() -> None:
+    script = (ROOT / "deploy/image/assemble-rootfs.sh").read_text()
+    for needed in ("/opt/venv", "tini-static", "ca-certificates.crt", "ldd", "libgcc_s", "10001"):
+        assert needed in script, needed
+    patterns = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!deploy/image" in patterns, "the assembly script is in the build context"
 
 
 def test_builder_stage_has_a_compiler_and_builds_the_wheels(dockerfile: Any) -> None:
@@ -188,8 +202,8 @@ def test_entrypoint_and_cmd_are_exec_form(dockerfile: Any) -> None:
     _, stages = dockerfile
     entrypoint = exec_form(stages[-1].of("ENTRYPOINT")[-1].args)
     cmd = exec_form(stages[-1].of("CMD")[-1].args)
-    assert entrypoint[-1] == "orders-service"
-    if entrypoint[0] == "tini":
+    assert entrypoint[-1].rsplit("/", 1)[-1] == "orders-service"
+    if entrypoint[0].rsplit("/", 1)[-1] == "tini":
         assert entrypoint[1] == "--"
     assert cmd == ["serve"]
 
