@@ -526,6 +526,29 @@ def test_worker_has_no_network_probe(manifests: list[dict[str, Any]]) -> None:
     assert "ports" not in container
 
 
+def test_every_exec_in_the_manifests_runs_a_program_the_image_has(manifests: list[dict[str, Any]]) -> None:
+    """The runtime image is FROM scratch: the service, its Python and tini, no shell or sleep(1)."""
+    in_the_image = {"orders-service", "/opt/venv/bin/orders-service", "/opt/venv/bin/python"}
+
+    def commands(node: Any) -> Iterator[list[str]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "exec":
+                    yield value["command"]
+                elif key == "command" and isinstance(value, list):  # a container's own command
+                    yield value
+                else:
+                    yield from commands(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from commands(item)
+
+    found = [command for doc in manifests for command in commands(doc)]
+    assert found, "the manifests have exec probes and hooks"
+    for command in found:
+        assert command[0] in in_the_image, command
+
+
 def test_services_pdbs_hpas_and_migration_job(manifests: list[dict[str, Any]]) -> None:
     env = config_env(manifests)
     services = of_kind(manifests, "Service")
