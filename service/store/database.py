@@ -41,20 +41,27 @@ def is_unavailable(exc: BaseException) -> bool:
     return any(marker in text for marker in _UNAVAILABLE_MARKERS)
 
 
-def with_statement_timeout(dsn: str, seconds: float) -> str:
-    """The DSN with `-c statement_timeout=...` added to its `options` (kept: any options it had).
+def with_session_settings(dsn: str, statement_timeout: float) -> str:
+    """The DSN with the service's session settings added to its `options` (kept: any it had).
 
-    PostgreSQL then cancels a statement that runs (or waits for a lock) longer than that, so a
-    request that holds a pooled connection cannot wait forever either. 0 leaves the DSN as is.
+    - `plan_cache_mode=force_custom_plan`: every statement is planned with its parameters. The
+      service's statements are prepared once per connection, and PostgreSQL otherwise switches a
+      statement to a generic plan after five runs and keeps it until the table's statistics
+      change: one made while a table was nearly empty (a fresh deployment, or wherever ANALYZE
+      does not run) reads the whole table at every execution from then on. Five statements do
+      that (the batched conditional update, the outbox delete and purge, two idempotency-key
+      lookups); tests/integration/test_session_settings.py holds it.
+    - `statement_timeout` (seconds; 0: none): PostgreSQL cancels a statement that runs (or waits
+      for a lock) longer, so a request that holds a pooled connection cannot wait forever either.
     """
-    if seconds <= 0:
-        return dsn
+    settings = ["-c plan_cache_mode=force_custom_plan"]
+    if statement_timeout > 0:
+        settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
-    setting = f"-c statement_timeout={max(1, round(seconds * 1000))}"
     options = [value for name, value in params if name == "options"]
     others = [(name, value) for name, value in params if name != "options"]
-    merged = " ".join([*options, setting])
+    merged = " ".join([*options, *settings])
     pairs = [*others, ("options", merged)]
     query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in pairs)
     return urlunsplit(parts._replace(query=query))
@@ -149,7 +156,7 @@ class Database:
         size = max(2, pool_size)
         plain_dsn, tls = tls_options(dsn)
         self._pool = psqlpy.ConnectionPool(
-            dsn=with_statement_timeout(plain_dsn, statement_timeout),
+            dsn=with_session_settings(plain_dsn, statement_timeout),
             **tls,
             max_db_pool_size=size,
             connect_timeout_sec=connect_timeout,

@@ -15,7 +15,7 @@ from psqlpy import exceptions as pg_errors
 
 from service.domain import StoreUnavailable
 from service.ports import OutboxBacklog, OutboxRecord
-from service.store.database import Database, is_unavailable, tls_options
+from service.store.database import Database, is_unavailable, tls_options, with_session_settings
 
 _OUTBOX_CLAIM = """
 SELECT id, event_id, event_type, order_id, payload::text, request_id, traceparent, occurred_at, owner, actor
@@ -163,7 +163,12 @@ class PostgresOutbox:
     async def relay_session(self) -> AsyncIterator[PostgresRelaySession]:
         try:
             dsn, tls = tls_options(self._dsn)
-            conn = await psqlpy.connect(dsn=dsn, **tls, connect_timeout_sec=3, application_name=self._application_name)
+            conn = await psqlpy.connect(
+                dsn=with_session_settings(dsn, 0.0),
+                **tls,
+                connect_timeout_sec=3,
+                application_name=self._application_name,
+            )
         except pg_errors.Error as exc:
             raise _pg_failure(exc) from exc
         session = PostgresRelaySession(conn, self._dsn, self._application_name, keep_published=self._retention > 0)
