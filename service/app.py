@@ -73,6 +73,7 @@ class Resources:
             statement_timeout=settings.db_statement_timeout,
             max_waiting=settings.db_max_waiting,
             application_name=f"orders-service-{role}",
+            custom_plans=role == "worker",  # its few batched statements a second: see with_session_settings
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url or DEFAULT_REDIS_URL,

@@ -41,22 +41,28 @@ def is_unavailable(exc: BaseException) -> bool:
     return any(marker in text for marker in _UNAVAILABLE_MARKERS)
 
 
-def with_session_settings(dsn: str, statement_timeout: float) -> str:
+def with_session_settings(dsn: str, statement_timeout: float, *, custom_plans: bool = False) -> str:
     """The DSN with the service's session settings added to its `options` (kept: any it had).
 
-    - `plan_cache_mode=force_custom_plan`: every statement is planned with its parameters. The
-      service's statements are prepared once per connection, and PostgreSQL otherwise switches a
-      statement to a generic plan after five runs and keeps it until the table's statistics
-      change: one made while a table was nearly empty (a fresh deployment, or wherever ANALYZE
-      does not run) reads the whole table at every execution from then on. Five statements do
-      that (the batched conditional update, the outbox delete and purge, two idempotency-key
-      lookups); tests/integration/test_session_settings.py holds it.
     - `statement_timeout` (seconds; 0: none): PostgreSQL cancels a statement that runs (or waits
       for a lock) longer, so a request that holds a pooled connection cannot wait forever either.
+    - `custom_plans`: `plan_cache_mode=force_custom_plan`, every statement planned with its
+      parameters. The service's statements are prepared once per connection, and PostgreSQL
+      switches one to a generic plan after five runs and keeps it until the table's statistics
+      change (ANALYZE): a generic plan made while a table was nearly empty can read the whole
+      table at every execution from then on, wherever ANALYZE does not come (autovacuum off, as on
+      this project's benchmark machine, or a table growing faster than it runs). The statements
+      of the request path are written so that their generic plans use the indexes at any size
+      (tests/integration/test_generic_plans.py holds them; planning each would cost 5-7% of their
+      throughput); the worker role's sessions, which run a few batched statements a second,
+      among them the relay's delete and the purges whose generic plans scan small tables, take
+      custom plans.
     """
-    settings = ["-c plan_cache_mode=force_custom_plan"]
+    settings = ["-c plan_cache_mode=force_custom_plan"] if custom_plans else []
     if statement_timeout > 0:
         settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
+    if not settings:
+        return dsn
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
     options = [value for name, value in params if name == "options"]
@@ -151,12 +157,14 @@ class Database:
         max_waiting: int = 0,
         connect_timeout: int = 3,
         application_name: str = "orders-service",
+        custom_plans: bool = False,
     ) -> None:
-        """`max_waiting`: requests allowed to queue for a connection; 0: 4 x the pool size."""
+        """`max_waiting`: requests allowed to queue for a connection; 0: 4 x the pool size.
+        `custom_plans`: see with_session_settings."""
         size = max(2, pool_size)
         plain_dsn, tls = tls_options(dsn)
         self._pool = psqlpy.ConnectionPool(
-            dsn=with_session_settings(plain_dsn, statement_timeout),
+            dsn=with_session_settings(plain_dsn, statement_timeout, custom_plans=custom_plans),
             **tls,
             max_db_pool_size=size,
             connect_timeout_sec=connect_timeout,

@@ -73,8 +73,9 @@ SELECT fingerprint, response::text FROM idempotency_keys WHERE owner = $3 AND ke
 
 _EXISTING_CLAIMS = """
 SELECT k.owner, k.key, k.fingerprint, k.response::text
-FROM idempotency_keys k JOIN unnest($1::text[], $2::text[]) AS wanted(owner, key) USING (owner, key)
-WHERE k.expires_at > $3
+FROM idempotency_keys k
+WHERE k.owner = ANY($1::text[]) AND k.key = ANY($2::text[]) AND k.expires_at > $3
+    AND (k.owner, k.key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
 _decode_order = msgspec.json.Decoder(Order).decode

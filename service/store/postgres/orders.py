@@ -78,11 +78,12 @@ WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::bigint[])
         AS u(id, product, quantity, status, version, updated_at, expected_version)
 ), locked AS (
-    SELECT o.id FROM orders o WHERE o.id IN (SELECT id FROM input) ORDER BY o.id FOR UPDATE
+    SELECT o.id FROM orders o WHERE o.id = ANY($1::uuid[]) ORDER BY o.id FOR UPDATE
 ), changed AS (
     UPDATE orders o SET product = u.product, quantity = u.quantity, status = u.status, version = u.version,
                         updated_at = u.updated_at
-    FROM input u WHERE o.id = u.id AND o.version = u.expected_version AND o.id IN (SELECT id FROM locked)
+    FROM input u
+    WHERE o.id = ANY($1::uuid[]) AND o.id = u.id AND o.version = u.expected_version AND o.id IN (SELECT id FROM locked)
     RETURNING o.id
 ), new_events AS (
     INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)
