@@ -46,23 +46,23 @@ def with_session_settings(dsn: str, statement_timeout: float, *, custom_plans: b
 
     - `statement_timeout` (seconds; 0: none): PostgreSQL cancels a statement that runs (or waits
       for a lock) longer, so a request that holds a pooled connection cannot wait forever either.
-    - `custom_plans`: `plan_cache_mode=force_custom_plan`, every statement planned with its
-      parameters. The service's statements are prepared once per connection, and PostgreSQL
-      switches one to a generic plan after five runs and keeps it until the table's statistics
-      change (ANALYZE): a generic plan made while a table was nearly empty can read the whole
-      table at every execution from then on, wherever ANALYZE does not come (autovacuum off, as on
-      this project's benchmark machine, or a table growing faster than it runs). The statements
-      of the request path are written so that their generic plans use the indexes at any size
-      (tests/integration/test_generic_plans.py holds them; planning each would cost 5-7% of their
-      throughput); the worker role's sessions, which run a few batched statements a second,
-      among them the relay's delete and the purges whose generic plans scan small tables, take
-      custom plans.
+    - How statements are planned. They are prepared once per connection, and PostgreSQL switches
+      one to a generic plan after five runs and keeps it until the table's statistics change
+      (ANALYZE). A generic plan made while a table was small reads the whole table at every run
+      from then on, wherever ANALYZE does not come soon (autovacuum off, as on this project's
+      benchmark machine, or a table growing faster than it runs): the point read of orders did,
+      and with it every GET, after the first minute of a benchmark.
+      - Request sessions (default): `enable_seqscan=off`. Every statement of the request path is
+        a point, batch or keyset read or write through an index; with sequential scans priced
+        out, a plan cached at any table size keeps to those indexes, and nothing is planned twice.
+      - `custom_plans` (the worker role, a few batched statements a second, some on tables that
+        are small for good, like the outbox): `plan_cache_mode=force_custom_plan`, each statement
+        planned with its parameters and the table as it is.
+      tests/integration/test_generic_plans.py holds both.
     """
-    settings = ["-c plan_cache_mode=force_custom_plan"] if custom_plans else []
+    settings = ["-c plan_cache_mode=force_custom_plan"] if custom_plans else ["-c enable_seqscan=off"]
     if statement_timeout > 0:
         settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
-    if not settings:
-        return dsn
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
     options = [value for name, value in params if name == "options"]
