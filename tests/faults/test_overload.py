@@ -7,8 +7,11 @@ time) or a 429; requests are shed; every acknowledged create is in PostgreSQL an
 the worker; the service serves normally afterwards and logged no unhandled error.
 
 Shedding is made certain rather than timed: each request is its own statement
-(COALESCE_MAX_BATCH=1), one waiter per process is the most DB_MAX_WAITING allows, and the load
-runs again (up to ROUNDS times) until MIN_SHED requests were shed.
+(COALESCE_MAX_BATCH=1), one waiter per process is the most DB_MAX_WAITING allows, the test holds
+an exclusive lock on `orders` for LOCK_SECONDS every other LOCK_SECONDS meanwhile (the pooled
+connections wait on it, well within the statement timeout, and what arrives then finds the queue
+full), and the load runs again (up to ROUNDS times) until MIN_SHED requests were shed. Without the
+lock a fast machine, or a service without a slow statement, served this client's load unshed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import httpx
+import psqlpy
 import pytest
 
 from tests.conftest import IsolatedSchema
@@ -30,6 +34,7 @@ pytestmark = pytest.mark.e2e
 
 CONNECTIONS = 60
 REQUESTS_PER_CONNECTION = 30
+LOCK_SECONDS = 0.3
 ROUNDS = 5
 MIN_SHED = 10
 ACCEPTED = {200, 201}
@@ -38,7 +43,20 @@ PROBLEM = "application/problem+json"
 Answer = tuple[str, int, str | None, str]  # op, status, Retry-After, problem type (or content type)
 
 
-async def _drive(base_url: str) -> tuple[list[Answer], list[str]]:
+async def _lock_pulses(dsn: str, stop: asyncio.Event) -> None:
+    """Hold an exclusive lock on `orders` for LOCK_SECONDS, release it for as long, until `stop`."""
+    conn = await psqlpy.connect(dsn=dsn)
+    try:
+        while not stop.is_set():
+            async with conn.transaction() as tx:
+                await tx.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", prepared=False)
+                await asyncio.sleep(LOCK_SECONDS)
+            await asyncio.sleep(LOCK_SECONDS)
+    finally:
+        conn.close()
+
+
+async def _drive(base_url: str, dsn: str) -> tuple[list[Answer], list[str]]:
     answers: list[Answer] = []
     created: list[str] = []
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
@@ -62,7 +80,13 @@ async def _drive(base_url: str) -> tuple[list[Answer], list[str]]:
                 if response.status_code == 201:
                     created.append(response.json()["id"])
 
-        await asyncio.gather(*(connection(n) for n in range(CONNECTIONS)))
+        stop = asyncio.Event()
+        pulses = asyncio.create_task(_lock_pulses(dsn, stop))
+        try:
+            await asyncio.gather(*(connection(n) for n in range(CONNECTIONS)))
+        finally:
+            stop.set()
+            await pulses
     return answers, created
 
 
@@ -81,7 +105,7 @@ def test_overload_answers_only_2xx_503_429_and_loses_nothing_acknowledged(
     answers: list[Answer] = []
     created: list[str] = []
     for _ in range(ROUNDS):  # a faster machine overlaps fewer requests: drive again until enough are shed
-        more_answers, more_created = asyncio.run(_drive(service.base_url))
+        more_answers, more_created = asyncio.run(_drive(service.base_url, service_schema.dsn))
         answers += more_answers
         created += more_created
         if sum(status == 503 for _, status, _, _ in answers) >= MIN_SHED:
