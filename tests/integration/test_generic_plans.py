@@ -23,8 +23,9 @@ import pytest
 
 from service.app import Resources
 from service.config import load_settings
-from service.store.database import with_session_settings
+from service.store.database import Database, with_session_settings
 from service.store.postgres import keyed_creates, orders, outbox
+from service.store.postgres.outbox import PostgresOutbox
 from tests.conftest import IsolatedSchema
 
 # Run only by the worker role, whose sessions take custom plans (see with_session_settings): the
@@ -146,3 +147,9 @@ async def test_each_role_plans_as_it_needs(schema: IsolatedSchema, role: str, pl
         assert await resources.db.fetch("SHOW enable_seqscan") == [(seqscan,)]
     finally:
         await resources.aclose()
+
+
+async def test_the_relay_session_plans_as_the_worker_does(schema: IsolatedSchema, database: Database) -> None:
+    async with PostgresOutbox(database, schema.dsn).relay_session() as session:
+        assert await session._execute("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
+        assert await session._execute("SHOW enable_seqscan", []) == [("on",)]
