@@ -24,17 +24,10 @@ from typing import Any
 import httpx
 
 from benchmarks.load import SEED_ORDERS
-from benchmarks.processes import ServiceProcess, children, cpu_seconds
+from benchmarks.processes import ServiceProcess, children, command_line, cpu_seconds, role_of
 from benchmarks.sitting import fresh_database, pending
 from benchmarks.wrk_driver import run_wrk
 from service.config import LOCAL_POSTGRES_ADMIN_URL
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _named(name: str) -> list[int]:
@@ -56,9 +49,9 @@ def groups(service_pid: int) -> dict[str, list[int]]:
     by_group: dict[str, list[int]] = {"http": [], "worker": [], "rest of service": []}
 
     def walk(pid: int, group: str) -> None:
-        words = _command_line(pid).split()
-        if "role" in words[:-1] and words[words.index("role") + 1] in by_group:
-            group = words[words.index("role") + 1]
+        role = role_of(command_line(pid))
+        if role in by_group:
+            group = role
         by_group[group].append(pid)
         for child in children(pid):
             walk(child, group)

@@ -55,6 +55,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def command_line(pid: int) -> list[str]:
+    """The arguments `pid` was started with; empty once it has gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def role_of(arguments: list[str]) -> str | None:
+    """The role an `orders-service role <role>` command line runs; None for any other process."""
+    if "role" in arguments[:-1]:
+        return arguments[arguments.index("role") + 1]
+    return None
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of `pid` in KiB; 0 once it has gone."""
     with contextlib.suppress(OSError):

@@ -29,7 +29,7 @@ import httpx
 
 from benchmarks import h2load
 from benchmarks.database import admin_sql
-from benchmarks.processes import ServiceProcess, descendants, rss_kib
+from benchmarks.processes import ServiceProcess, command_line, descendants, rss_kib
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 
 BENCH_DATABASE = "orders_bench"
@@ -114,11 +114,10 @@ def h2load_get_order(service: ServiceProcess, seconds: float) -> dict[str, Any] 
 
 
 def process_rss(pid: int) -> tuple[str, float]:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
+    arguments = command_line(pid)
+    if not arguments:
         return "", 0.0
-    return cmdline, rss_kib(pid) / 1024
+    return " ".join(arguments), rss_kib(pid) / 1024
 
 
 def start_service(

@@ -32,7 +32,7 @@ import uvloop
 
 from benchmarks.database import admin_sql, fetch_rows, with_search_path
 from benchmarks.load import Plan, Shard, _percentile, _run_shard, _seed
-from benchmarks.processes import ServiceProcess, children, rss_kib
+from benchmarks.processes import ServiceProcess, children, command_line, role_of, rss_kib
 
 DEFAULT_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 
@@ -66,11 +66,10 @@ def processes(supervisor: int) -> dict[str, int]:
     """name -> pid of every process of the service."""
     found = {"supervisor": supervisor}
     for pid in children(supervisor):
-        try:
-            args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-        except OSError:
+        args = command_line(pid)
+        if not args:
             continue
-        role = args[args.index("role") + 1] if "role" in args else f"pid{pid}"
+        role = role_of(args) or f"pid{pid}"
         found[role] = pid
         for index, worker in enumerate(sorted(children(pid)), 1):
             found[f"{role}-worker-{index}"] = worker
