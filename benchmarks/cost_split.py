@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import httpx
 
 from benchmarks.load import SEED_ORDERS
 from benchmarks.processes import ServiceProcess, children, command_line, cpu_seconds, role_of
-from benchmarks.sitting import fresh_database, pending
+from benchmarks.sitting import confirmation_drain, fresh_database
 from benchmarks.wrk_driver import run_wrk
 from service.config import LOCAL_POSTGRES_ADMIN_URL
 
@@ -70,13 +69,6 @@ def _seed(base_url: str, count: int) -> list[str]:
         ]
 
 
-def _settle(dsn: str, timeout: float = 30.0) -> None:
-    """Until the pipeline has confirmed what came before (so its work is not counted)."""
-    deadline = time.monotonic() + timeout
-    while pending(dsn) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with fresh_database(args.admin_url, f"split_{uuid.uuid4().hex[:8]}") as dsn:
         settings = {"LOG_LEVEL": "WARNING", **args.env}
@@ -86,13 +78,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ids = _seed(service.base_url, SEED_ORDERS) if args.scenario in ("get", "update", "mixed") else []
             run_wrk(service.base_url, args.scenario, ids, args.keyed, 32, args.warmup, threads=2)
             if "worker" in args.roles:
-                _settle(dsn)
+                confirmation_drain(dsn)  # what came before is confirmed, so its work is not counted
             members = groups(service.pid)
             before = {name: cpu_seconds(pids) for name, pids in members.items()}
             own = os.times()
             report = run_wrk(service.base_url, args.scenario, ids, args.keyed, 32, args.seconds, threads=2)
             if "worker" in args.roles:
-                _settle(dsn)  # the pipeline's share of this run's orders counts too
+                confirmation_drain(dsn)  # the pipeline's share of this run's orders counts too
             after_own = os.times()
             used = {name: cpu_seconds(pids) - before[name] for name, pids in members.items()}
             used["load tool"] = (after_own.children_user - own.children_user) + (
