@@ -72,8 +72,9 @@ needed=$(mktemp)
 done | sort -u > "$needed"
 while read -r lib; do copy "$lib"; done < "$needed"
 rm -f "$needed"
-gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64|libgcc_s\.so\.1 .*AArch64|libgcc_s\.so\.1 \(libc6\)/ { print $NF; exit }')
-[ -n "$gcc_s" ] && copy "$gcc_s"
+# glibc dlopens libgcc_s from its own directory (ldd does not list it): take the one beside libc.
+libc=$(ldd "$(readlink -f "$python")" | awk '/libc\.so/ { print $3 }')
+copy "$(dirname "$libc")/libgcc_s.so.1"
 copy /etc/ld.so.cache
 
 # TLS trust (JWKS over https, verify-full to PostgreSQL/Redis when configured) and OpenSSL's config.
