@@ -258,7 +258,7 @@ async def test_confirm_many_confirms_an_order_changed_meanwhile_under_its_row_lo
     assert (current.status, current.quantity, current.version) == (OrderStatus.CONFIRMED, 7, 3)
 
 
-def _interloping_writer(service, store, order_id: str, races: int):  # type: ignore[no-untyped-def]
+def _interloping_writer(store, order_id: str, races: int):  # type: ignore[no-untyped-def]
     """Make the first `races` conditional writes of `order_id` lose to another writer (who sets
     quantity 7 + n first), and count the changes that take the row lock."""
     real_replace, real_locked = store.replace_if_version, store.change_locked
@@ -283,7 +283,7 @@ def _interloping_writer(service, store, order_id: str, races: int):  # type: ign
 async def test_a_change_that_loses_one_race_reads_again_and_stays_off_the_row_lock() -> None:
     service, store, _ = make_service()
     order = (await service.create("a", 1)).order
-    seen = _interloping_writer(service, store, str(order.id), races=1)
+    seen = _interloping_writer(store, str(order.id), races=1)
     updated = await service.update(str(order.id), status="confirmed")
     assert seen == {"races": 1, "locked": 0}
     # applied on top of the interloper's change (quantity 8, version 2), not over it
@@ -294,7 +294,7 @@ async def test_a_change_that_loses_one_race_reads_again_and_stays_off_the_row_lo
 async def test_a_change_that_keeps_losing_races_takes_the_row_lock_and_still_applies() -> None:
     service, store, _ = make_service()
     order = (await service.create("a", 1)).order
-    seen = _interloping_writer(service, store, str(order.id), races=5)
+    seen = _interloping_writer(store, str(order.id), races=5)
     updated = await service.update(str(order.id), status="confirmed")
     assert seen == {"races": 2, "locked": 1}  # two optimistic tries, then the lock
     assert (updated.status, updated.quantity, updated.version) == (OrderStatus.CONFIRMED, 9, 4)
@@ -304,6 +304,6 @@ async def test_a_change_that_keeps_losing_races_takes_the_row_lock_and_still_app
 async def test_a_version_demanded_by_the_caller_is_checked_again_after_a_lost_race() -> None:
     service, store, _ = make_service()
     order = (await service.create("a", 1)).order
-    _interloping_writer(service, store, str(order.id), races=1)
+    _interloping_writer(store, str(order.id), races=1)
     with pytest.raises(VersionMismatch):
         await service.update(str(order.id), quantity=3, expected_version=1)
