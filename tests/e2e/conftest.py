@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from benchmarks.processes import ServiceProcess
 from tests.conftest import IsolatedSchema, TestServices
+
+
+def settled_ready(client: httpx.Client, expect: int, timeout: float = 10.0) -> httpx.Response:
+    """`GET /ready` once it answers `expect` with every dependency checked: it reads state the
+    workers refresh in the background, "unknown" in a worker that has not checked yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/ready")
+        checked = "unknown" not in response.json()["checks"].values()
+        if (response.status_code == expect and checked) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.processes import children
 from tests.conftest import IsolatedSchema
-from tests.e2e.test_rest_api import settled_ready
+from tests.e2e.conftest import settled_ready
 
 
 def _running(pid: int) -> bool:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, settled_ready
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -20,18 +19,6 @@ JSON_HEADERS = {"content-type": "application/json"}
 def api(module_service: ServiceProcess) -> httpx.Client:
     with httpx.Client(base_url=module_service.base_url, timeout=10) as client:
         yield client  # type: ignore[misc]
-
-
-def settled_ready(client: httpx.Client, expect: int, timeout: float = 10.0) -> httpx.Response:
-    """`GET /ready` once it answers `expect` with every dependency checked: it reads state the
-    workers refresh in the background, "unknown" in a worker that has not checked yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get("/ready")
-        checked = "unknown" not in response.json()["checks"].values()
-        if (response.status_code == expect and checked) or time.monotonic() > deadline:
-            return response
-        time.sleep(0.1)
 
 
 def create(api: httpx.Client, product: str = "book", quantity: int = 1, **headers: str) -> httpx.Response:

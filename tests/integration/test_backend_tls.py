@@ -28,6 +28,7 @@ from service.config import ConfigError, load_settings
 from service.store.database import Database
 from service.store.migrator import migrate
 from tests.conftest import free_port
+from tests.e2e.conftest import settled_ready
 from tests.private_servers import PrivatePostgres, wait_until
 
 pytestmark = pytest.mark.integration
@@ -326,7 +327,8 @@ def test_the_service_runs_on_tls_only_backends(tls_postgres: PrivatePostgres, tl
     client = redis.Redis.from_url(tls_redis.verified_url())
     try:
         proc.start()
-        ready = httpx.get(f"{proc.base_url}/ready", timeout=5)
+        with httpx.Client(base_url=proc.base_url, timeout=5) as rest:
+            ready = settled_ready(rest, 200, timeout=20)
         assert ready.status_code == 200, ready.text
         created = httpx.post(f"{proc.base_url}/orders", json={"product": "book", "quantity": 2}, timeout=5)
         assert created.status_code == 201, created.text
