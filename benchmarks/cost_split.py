@@ -26,7 +26,7 @@ from benchmarks.load import SEED_ORDERS
 from benchmarks.processes import ServiceProcess, children, command_line, cpu_seconds, role_of
 from benchmarks.sitting import confirmation_drain, fresh_database
 from benchmarks.wrk_driver import run_wrk
-from service.config import LOCAL_POSTGRES_ADMIN_URL
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL
 
 
 def _named(name: str) -> list[int]:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service (repeatable)"
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.processes import ServiceProcess, cpu_seconds, descendants
 from benchmarks.sitting import fresh_database, grpc_messages, h2load, load
-from service.config import LOCAL_POSTGRES_ADMIN_URL
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 GET_ORDER = "orders.OrderService/GetOrder"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--json", dest="json_path", default="benchmarks/revisions-latest.json")
     parser.add_argument(
         "--rest", default="get,create", help=f"load-tool scenarios, comma-separated ({', '.join(REST_LABELS)})"

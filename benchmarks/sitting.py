@@ -39,7 +39,7 @@ import httpx
 from benchmarks import h2load as h2load_tool
 from benchmarks.database import admin_sql, fetch_rows
 from benchmarks.processes import ServiceProcess, cpu_seconds, descendants, free_port
-from service.config import LOCAL_POSTGRES_ADMIN_URL, with_database
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 
 REST_SCENARIOS: list[tuple[str, str, list[str]]] = [
     # (label, load-tool scenario, extra arguments)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--json", dest="json_path", default="benchmarks/sitting-latest.json")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service (repeatable)"

@@ -57,7 +57,7 @@ from benchmarks.sitting import fresh_database, grpc_load, load
 from benchmarks.soak import processes
 from benchmarks.watch_clients import ClientPlan, client_process
 from benchmarks.watch_report import markdown, merge_kind
-from service.config import LOCAL_POSTGRES_ADMIN_URL
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL
 
 COST_RUNS = (("REST GET /orders/{id}", "rest", "get"), ("REST POST /orders", "rest", "create"))
 COST_RUNS_GRPC = (("gRPC GetOrder", "grpc", "get"),)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost-warmup", type=float, default=1.0)
     parser.add_argument("--no-cost-grpc", dest="cost_grpc", action="store_false", help="skip gRPC GetOrder in --cost")
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--json", dest="json_path", default="benchmarks/watchers-latest.json")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a service setting")
     args = parser.parse_args(argv)
