@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -29,14 +27,16 @@ import msgspec
 import redis.asyncio as aioredis
 import uvloop
 
+from benchmarks.processes import ServiceProcess
+from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
 from service.store.database import Database
 from service.store.postgres import PostgresOutbox
-from tests.conftest import IsolatedSchema, free_port
+from tests.conftest import IsolatedSchema
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = os.environ.get("DATABASE_URL", with_database(LOCAL_POSTGRES_ADMIN_URL, "test"))
+REDIS_URL = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
 
 BULK_OUTBOX = """
 INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, occurred_at)
@@ -85,37 +85,20 @@ async def bench_relay(rows: int, batch_size: int) -> None:
 async def bench_latency(rate: float, duration: float, http_workers: int) -> None:
     schema = IsolatedSchema(DATABASE_URL)
     await schema.create()
-    stream = f"bench-latency-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "GRPC_PORT": str(free_port()),
-        "PPROF_PORT": str(free_port()),
-        "BIND": "127.0.0.1",
-        "DATABASE_URL": schema.dsn,
-        "REDIS_URL": REDIS_URL,
-        "EVENTS_STREAM": stream,
-        "ROLES": "http,worker",
-        "HTTP_WORKERS": str(http_workers),
-        "LOG_LEVEL": "WARNING",
-    }
-    service = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    service = ServiceProcess(
+        schema.dsn,
+        REDIS_URL,
+        "http,worker",
+        {"HTTP_WORKERS": str(http_workers), "LOG_LEVEL": "WARNING"},
+        name="events-latency",
     )
+    stream = service.stream
     client = aioredis.Redis.from_url(REDIS_URL)
     sent: dict[str, float] = {}
     confirmed: dict[str, float] = {}
     try:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            for _ in range(200):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(service.start, timeout=60.0)
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as http:
             await asyncio.sleep(1.0)  # worker up
 
             async def read_stream() -> None:
@@ -159,8 +142,7 @@ async def bench_latency(rate: float, duration: float, http_workers: int) -> None
             f"missing {len(sent) - len(latencies)}"
         )
     finally:
-        service.terminate()
-        service.wait(30)
+        await asyncio.to_thread(service.stop, 30.0)
         await client.delete(stream, f"{stream}.dlq")
         await client.aclose()
         await schema.drop()
