@@ -31,6 +31,7 @@ from benchmarks.processes import ServiceProcess
 from service.config import DEFAULT_REDIS_URL, LOCAL_POSTGRES_ADMIN_URL, with_database
 from service.events.redis_publisher import RedisStreamPublisher
 from service.events.relay import Relay
+from service.events.stream import StreamNames
 from service.store.database import Database
 from service.store.postgres import PostgresOutbox
 from tests.conftest import IsolatedSchema
@@ -61,7 +62,8 @@ async def bench_relay(rows: int, batch_size: int) -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         await db.fetch(BULK_OUTBOX, [rows])
-        publisher = RedisStreamPublisher(client, stream, maxlen=1_000_000)
+        # No consumer group reads the throwaway stream, so the publish script has none to wait for.
+        publisher = RedisStreamPublisher(client, StreamNames(stream, group="bench-relay"), maxlen=1_000_000)
         relay = Relay(PostgresOutbox(db, schema.dsn), publisher, batch_size=batch_size)
         stop = asyncio.Event()
         started = time.perf_counter()
