@@ -276,6 +276,7 @@ class RestApi:
         return self._order_response(201, result.order, extra)
 
     async def _list(self, request: HttpRequest, request_id: str, param: str, principal: Principal) -> HttpResponse:
+        authorize("list", principal)  # before the query is parsed
         params = dict(parse_qsl(request.query_string, keep_blank_values=True))
         limit = None
         raw_limit = params.get("limit")

@@ -134,6 +134,18 @@ def test_no_token_is_401_with_a_bare_bearer_challenge_before_any_validation(rest
         assert problem["status"] == 401 and problem["type"].endswith("/unauthenticated")
 
 
+def test_scope_is_checked_before_the_query_is_validated(rest: httpx.Client) -> None:
+    """A token without orders:read learns nothing from a malformed list query: 403, never 400."""
+    writer = KEY.token("scoped", "orders:write")
+    for query in ("limit=abc", "limit=0", "status=", "status=shipped", "cursor=nonsense"):
+        response = rest.get(f"/orders?{query}", headers=bearer(writer))
+        assert response.status_code == 403, (query, response.text)
+        assert response.headers["www-authenticate"] == 'Bearer error="insufficient_scope", scope="orders:read"'
+        assert response.json()["type"].endswith("/insufficient-scope")
+    reader = KEY.token("scoped", "orders:read")
+    assert rest.get("/orders?limit=abc", headers=bearer(reader)).status_code == 400  # with the scope: validated
+
+
 def test_every_bad_token_is_401_invalid_token_on_rest_and_unauthenticated_on_grpc(
     rest: httpx.Client, stub: orders_pb2_grpc.OrderServiceStub
 ) -> None:

@@ -328,6 +328,27 @@ async def test_over_rest_a_reader_learns_nothing_from_a_malformed_write() -> Non
         assert b"insufficient" in response.body
 
 
+async def test_over_rest_a_writer_learns_nothing_from_a_malformed_read() -> None:
+    """403 before the query or id is parsed: a caller without orders:read never sees a 400 or 404."""
+    from service.http.api import HttpRequest, RestApi
+
+    service, _, _ = make_service()
+    writer_token = KEY.token("alice", "orders:write")
+    api = RestApi(
+        service, json_endpoints={}, openapi_document=b"{}", max_body_bytes=1024, authenticator=authenticator()
+    )
+    headers = {"authorization": f"Bearer {writer_token}"}
+    for path, query in (
+        ("/orders", "limit=abc"),
+        ("/orders", "limit=0&status=&cursor=nonsense"),
+        ("/orders/not-an-id", ""),
+        ("/orders/changes", "order_id=not-an-id&after=nonsense"),
+    ):
+        response = await api.handle(HttpRequest("GET", path, query, headers))
+        assert response.status == 403, (path, query, response.body)
+        assert b"insufficient" in response.body
+
+
 @pytest.mark.parametrize(("bind", "warned"), [("0.0.0.0", True), ("10.1.2.3", True), ("127.0.0.1", False)])
 def test_auth_none_beyond_loopback_is_warned_at_start(
     bind: str, warned: bool, caplog: pytest.LogCaptureFixture
