@@ -119,12 +119,16 @@ def test_health_ready_openapi_grpc_health_and_reflection_need_no_token(
 def test_no_token_is_401_with_a_bare_bearer_challenge_before_any_validation(rest: httpx.Client) -> None:
     for method, path, body in (
         ("GET", "/orders", None),
+        ("GET", "/orders?limit=abc", None),  # malformed query: still 401, not 400
         ("GET", "/orders/not-an-id", None),
+        ("GET", "/orders/changes", None),
+        ("GET", "/orders/changes?order_id=not-an-id&after=nonsense", None),
         ("POST", "/orders", b'{"product": '),  # malformed: still 401, not 400
         ("PUT", f"/orders/{uuid.uuid4()}", b"[]"),
         ("DELETE", f"/orders/{uuid.uuid4()}", None),
         ("GET", "/metrics", None),
         ("GET", "/metrics/db", None),
+        ("GET", "/metrics/events", None),
     ):
         response = rest.request(method, path, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 401, (method, path, response.text)
@@ -183,8 +187,10 @@ def test_each_scope_rule_on_rest(rest: httpx.Client) -> None:
         ("DELETE", f"/orders/{order['id']}", reader, "orders:write", None),
         ("GET", f"/orders/{order['id']}", writer, "orders:read", None),
         ("GET", "/orders", writer, "orders:read", None),
+        ("GET", "/orders/changes", writer, "orders:read", None),
         ("GET", "/metrics", KEY.token("scoped", RW), "orders:admin", None),
         ("GET", "/metrics/db", KEY.token("scoped", RW), "orders:admin", None),
+        ("GET", "/metrics/events", KEY.token("scoped", RW), "orders:admin", None),
     ]
     for method, path, token, scope, body in refusals:
         response = rest.request(method, path, json=body, headers=bearer(token))
@@ -197,6 +203,7 @@ def test_each_scope_rule_on_rest(rest: httpx.Client) -> None:
     )
     assert rest.get("/metrics", headers=bearer(KEY.token("ops", ADMIN))).status_code == 200
     assert rest.get("/metrics/db", headers=bearer(KEY.token("ops", ADMIN))).status_code == 200
+    assert rest.get("/metrics/events", headers=bearer(KEY.token("ops", ADMIN))).status_code == 200
     assert rest.delete(f"/orders/{order['id']}", headers=bearer(writer)).status_code == 204
 
 
