@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from benchmarks.database import fetch_rows
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.conftest import IsolatedSchema, free_port
 from tests.e2e.conftest import ServiceProcess, isolated_service
@@ -261,17 +262,6 @@ async def test_idempotency_keys_are_shared_with_rest_and_hold_under_concurrency(
     # 50 identical calls at once: one order, one event, every reply names it
     burst_key = f"burst-{uuid.uuid4()}"
 
-    async def count(sql: str, value: str) -> int:
-        pool = psqlpy.ConnectionPool(dsn=schema.dsn, max_db_pool_size=2)
-        try:
-            conn = await pool.connection()
-            try:
-                return int((await conn.execute(sql, [value])).result(as_tuple=True)[0][0])
-            finally:
-                conn.close()
-        finally:
-            pool.close()
-
     replies = await asyncio.gather(
         *(
             stub.CreateOrder(
@@ -282,8 +272,9 @@ async def test_idempotency_keys_are_shared_with_rest_and_hold_under_concurrency(
     )
     assert len({reply.order.id for reply in replies}) == 1
     order_id = replies[0].order.id
-    assert await count("SELECT count(*) FROM idempotency_keys WHERE key = $1", burst_key) == 1
-    assert await count("SELECT count(*) FROM outbox WHERE order_id = $1::text::uuid", order_id) == 1
+    keys = await fetch_rows(schema.dsn, "SELECT count(*) FROM idempotency_keys WHERE key = $1", [burst_key])
+    events = await fetch_rows(schema.dsn, "SELECT count(*) FROM outbox WHERE order_id = $1::text::uuid", [order_id])
+    assert (keys, events) == ([(1,)], [(1,)])
 
 
 async def test_paging_matches_rest_cursors(

@@ -7,22 +7,13 @@ import time
 import uuid
 
 import httpx
-import psqlpy
 
+from benchmarks.database import fetch_rows
 from tests.conftest import IsolatedSchema
 
 
 async def _count(dsn: str, sql: str) -> int:
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2)
-    try:
-        conn = await pool.connection()
-        try:
-            rows = (await conn.execute(sql)).result(as_tuple=True)
-        finally:
-            conn.close()
-    finally:
-        pool.close()
-    return int(rows[0][0])
+    return int((await fetch_rows(dsn, sql))[0][0])
 
 
 async def test_rest_idempotency_contract(start_service, service_schema: IsolatedSchema) -> None:  # type: ignore[no-untyped-def]
