@@ -1,4 +1,5 @@
-"""The import graph of service/ has no cycle (imports under `if TYPE_CHECKING:` aside).
+"""The import graph of service/ has no cycle (imports under `if TYPE_CHECKING:` aside), and no
+module of it is longer than MAX_LINES (the generated service/grpc/pb aside).
 
 The layers themselves are import-linter's contracts (pyproject.toml, `make lint`); this holds the
 modules inside one layer, and function-level imports, to the same rule: nothing imports itself
@@ -22,6 +23,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(path): path for path in ROOT.rglob("*.py") if "pb" not in path.relative_to(ROOT).parts}
+MAX_LINES = 400  # one concern per file (issue 14); a longer module is split by concern
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -114,3 +116,10 @@ def test_find_cycle_finds_one() -> None:
 def test_service_modules_import_no_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or ())
+
+
+def test_no_module_is_longer_than_max_lines() -> None:
+    assert "service.grpc.pb.orders_pb2" not in MODULES  # generated
+    lengths = {str(path.relative_to(ROOT.parent)): len(path.read_text().splitlines()) for path in MODULES.values()}
+    too_long = {path: lines for path, lines in sorted(lengths.items()) if lines > MAX_LINES}
+    assert not too_long, f"over {MAX_LINES} lines: {too_long}"
