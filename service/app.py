@@ -276,6 +276,7 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
         metrics=PrometheusMetrics(),
         authenticator=resources.authenticator(),
         rate_limiter=build_rate_limiter(settings),
+        max_in_flight=settings.grpc_max_concurrent_rpcs,
     )
     dependencies = resources.dependencies
 
@@ -286,6 +287,5 @@ def build_grpc_server(settings: Settings, resources: Resources) -> GrpcServer:
     return GrpcServer(
         servicer,
         check=ready,
-        max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         reflection_enabled=settings.grpc_reflection,
     )

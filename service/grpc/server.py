@@ -103,7 +103,7 @@ class GrpcServer:
     """A grpc.aio server with the order service, health and (optionally) reflection registered.
 
     Health is SERVING only while `check` (a readiness check) succeeds, polled by `watch_health`.
-    Beyond `max_concurrent_rpcs` calls in flight, a new call answers RESOURCE_EXHAUSTED at once.
+    How many order-service calls may be in flight is the servicer's limit (health is never shed).
     """
 
     def __init__(
@@ -111,11 +111,10 @@ class GrpcServer:
         servicer: OrderServicer,
         check: Callable[[], Awaitable[None]],
         *,
-        max_concurrent_rpcs: int | None = None,
         reflection_enabled: bool = True,
     ) -> None:
         self._check = check
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_concurrent_rpcs)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         # Request bytes that do not parse answer INVALID_ARGUMENT, but an unauthenticated caller
         # of the orders service is refused as such first.
         registry = ParsingServer(self.server, guards={SERVICE_NAME: servicer.refuse_unauthenticated})

@@ -13,7 +13,7 @@ from service.access import RequestContext
 from service.domain import ANONYMOUS, FieldViolation, ValidationFailed
 from service.grpc.convert import ChangeMessages, order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
-from service.grpc.status import status_for
+from service.grpc.status import TooManyCalls, status_for
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService
@@ -63,10 +63,17 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         metrics: CallMetrics = NO_METRICS,
         authenticator: Authenticator | None = None,
         rate_limiter: RateLimiter | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         """`authenticator` None (AUTH_MODE=none): every caller is the anonymous principal.
-        `rate_limiter`: RATE_LIMIT_RPS per owner (per client address without authentication)."""
+        `rate_limiter`: RATE_LIMIT_RPS per owner (per client address without authentication).
+        `max_in_flight`: beyond this many calls of this service in flight (open watches included),
+        a new call answers RESOURCE_EXHAUSTED at once. Counted here rather than by grpc.aio's
+        `maximum_concurrent_rpcs`, which counts health checks too: a loaded process would then fail
+        its own health probe and be taken out of service exactly when it is busiest."""
         self._service = service
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0
         self._limiter = rate_limiter
         self._calls = CallEnvelope(metrics, tracer)
         self._changes = ChangeMessages()
@@ -106,9 +113,12 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     ) -> Reply:
         request_id, token = enter(metadata.get("x-request-id"))
         code = "OK"
+        self.in_flight += 1
         try:
             await context.send_initial_metadata((("x-request-id", request_id),))
             try:
+                if self._max_in_flight is not None and self.in_flight > self._max_in_flight:
+                    raise TooManyCalls(self._max_in_flight)
                 principal = ANONYMOUS if self._auth is None else self._auth.authenticate(metadata.get("authorization"))
                 if self._limiter is not None and method in _LIMITED:  # RateLimited: RESOURCE_EXHAUSTED
                     owner = principal.owner if self._auth is not None else None
@@ -124,6 +134,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                 await context.abort_with_status(status)
                 raise  # abort_with_status always raises; this keeps type checkers honest
         finally:
+            self.in_flight -= 1
             if span is not NOOP_SPAN:
                 failure = code if code in _SERVER_ERRORS else None
                 end_server_span(span, request_id, "rpc.grpc.status_code", _NUMBERS[code], failure)

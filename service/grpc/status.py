@@ -29,6 +29,14 @@ from service.ratelimit import RateLimited
 
 log = logging.getLogger(__name__)
 
+
+class TooManyCalls(Exception):
+    """More calls of the order service are in flight in this process than it takes (shed at once)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} calls are in flight in this process; retry later")
+
+
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (OrderNotFound, grpc.StatusCode.NOT_FOUND),
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
@@ -55,6 +63,8 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         )
     if isinstance(exc, RateLimited):
         return _rate_limited(exc)
+    if isinstance(exc, TooManyCalls):  # shed at once: not logged per call
+        return _plain(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, StoreOverloaded):  # shed at once: not logged per call
         return _plain(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls are waiting for the database; retry later")
     if isinstance(exc, StoreUnavailable):

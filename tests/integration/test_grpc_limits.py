@@ -55,8 +55,9 @@ async def _serve(server: GrpcServer) -> AsyncIterator[str]:
 
 async def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted() -> None:
     held = HeldService()
-    server = GrpcServer(OrderServicer(held), check=Flag(), max_concurrent_rpcs=2)  # type: ignore[arg-type]
+    server = GrpcServer(OrderServicer(held, max_in_flight=2), check=Flag())  # type: ignore[arg-type]
     async with _serve(server) as target, grpc.aio.insecure_channel(target) as channel:
+        health_watcher = asyncio.ensure_future(server.watch_health())
         stub = orders_pb2_grpc.OrderServiceStub(channel)  # type: ignore[no-untyped-call]
         request = orders_pb2.GetOrderRequest(id="01a23aad-4a32-73b6-94fe-35ee1044148c")
         in_flight = [asyncio.ensure_future(stub.GetOrder(request, timeout=30)) for _ in range(2)]
@@ -65,6 +66,11 @@ async def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted() -> None
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.GetOrder(request, timeout=30)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Health is never shed: a busy process must not fail its own readiness probe.
+        health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        health_watcher.cancel()
         held.release.set()
         for call in in_flight:  # the held calls finish normally (the order does not exist)
             with pytest.raises(grpc.aio.AioRpcError) as answered:
