@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,7 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
         client.close()
     outbox = {str(row[0]) for row in sql(private_postgres.url, "SELECT event_id FROM outbox")}
     assert outbox - published == set(), "events missing from the stream"
+    writes = [o for o in during if o.op in ("create", "update")]
     record_figures(
         "redis-outage",
         {
@@ -81,7 +83,15 @@ def test_redis_outage_leaves_the_apis_unaffected_and_every_event_arrives_afterwa
             "outage_s": OUTAGE_SECONDS,
             "requests_during_outage": len(during),
             "ready_probes_during_outage": f"{sum(p[0] == 200 for p in probes)}/{len(probes)} 200",
+            "ready_redis_check_during_outage": dict(Counter(p[1] for p in probes)),
             "grpc_serving_during_outage": f"{sum(p[2] for p in probes)}/{len(probes)}",
+            "writes_ok_during_outage": {
+                transport: f"{sum(o.ok for o in writes if o.transport == transport)}/"
+                f"{sum(o.transport == transport for o in writes)}"
+                for transport in ("rest", "grpc")
+            },
+            "creates_acked_during_outage": sum(o.ok for o in writes if o.op == "create"),
+            "orders_confirmed": f"{len(acked) - unconfirmed(private_postgres.url, acked)}/{len(acked)}",
             "events": len(outbox),
             "all_confirmed_after_redis_back_s": round(confirmed_after, 2),
         },
