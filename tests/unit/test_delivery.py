@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -463,12 +464,17 @@ def deployment_for(manifests: list[dict[str, Any]], role: str) -> dict[str, Any]
     raise AssertionError(f"no Deployment runs `serve --roles {role}`")
 
 
-def config_env(manifests: list[dict[str, Any]]) -> dict[str, str]:
+def config_env(manifests: list[dict[str, Any]], *, as_committed: bool = False) -> dict[str, str]:
+    """The pods' environment: ConfigMap and Secret. The committed Secret holds placeholders that the
+    service refuses; unless `as_committed`, CURSOR_SECRET is what an operator puts in its place
+    (secret.yaml: `openssl rand -base64 48`)."""
     env: dict[str, str] = {}
     for config in of_kind(manifests, "ConfigMap").values():
         env.update({k: str(v) for k, v in config["data"].items()})
     for secret in of_kind(manifests, "Secret").values():
         env.update({k: str(v) for k, v in secret.get("stringData", {}).items()})
+    if not as_committed and "CURSOR_SECRET" in env:
+        env["CURSOR_SECRET"] = secrets.token_urlsafe(48)
     return env
 
 
@@ -584,6 +590,19 @@ def test_secrets_hold_the_urls_and_configmap_the_rest(manifests: list[dict[str, 
     assert not {"DATABASE_URL", "REDIS_URL", "CURSOR_SECRET"} & set(config)
     assert config["ADMIN_BIND"] == "127.0.0.1", "the profiling port stays on the pod's loopback"
     load_settings(config_env(manifests))
+
+
+def test_the_committed_cursor_secret_placeholder_is_refused(manifests: list[dict[str, Any]]) -> None:
+    """A placeholder the service accepted would be a fail-open: applied as it is, every pod would
+    sign page cursors with a key published in this repository. serve must refuse it at start."""
+    committed = config_env(manifests, as_committed=True)
+    assert "CURSOR_SECRET" in committed, "the Secret names the key an operator must provide"
+    with pytest.raises(ConfigError, match=r"^CURSOR_SECRET: it is \d+ bytes"):
+        load_settings(committed)
+    text = (K8S / "secret.yaml").read_text()
+    assert "openssl rand" in text, "the comment says how to generate a real key"
+    # With a real key in its place, the same environment is accepted.
+    assert len(cursor_keys(load_settings(config_env(manifests)))) == 1
 
 
 def test_kubernetes_connection_budget_fits_an_untuned_postgres(manifests: list[dict[str, Any]]) -> None:
