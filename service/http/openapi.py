@@ -18,6 +18,7 @@ from service.domain import (
     SCOPE_WRITE,
     Order,
 )
+from service.events.metrics import EventsFigures
 from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
 from service.ports import PoolStats
 
@@ -98,15 +99,21 @@ def _with_constraints(schemas: dict[str, Any]) -> None:
     schemas["Order"]["properties"]["version"]["minimum"] = 1
 
 
-# The scope each operation needs with AUTH_MODE=jwt (RFC 6750 bearer JWTs); absent: open.
+# The scope each operation needs with AUTH_MODE=jwt (RFC 6750 bearer JWTs).
 OPERATION_SCOPES = {
     "createOrder": SCOPE_WRITE,
     "listOrders": SCOPE_READ,
+    "watchOrderChanges": SCOPE_READ,
     "getOrder": SCOPE_READ,
     "updateOrder": SCOPE_WRITE,
     "deleteOrder": SCOPE_WRITE,
+    "metrics": SCOPE_ADMIN,
     "dbMetrics": SCOPE_ADMIN,
+    "eventsMetrics": SCOPE_ADMIN,
 }
+# Open without a token (service.http.api.OPEN_PATHS). Every operation is in one of the two tables,
+# so a new one cannot be published as open by being forgotten.
+OPEN_OPERATIONS = frozenset(("health", "ready", "openapi"))
 _CHALLENGE = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge", "schema": {"type": "string"}}}
 
 
@@ -116,10 +123,11 @@ def _secure(paths: dict[str, Any]) -> None:
         for operation in operations.values():
             if not isinstance(operation, dict) or "operationId" not in operation:
                 continue  # path-level parameters
-            scope = OPERATION_SCOPES.get(operation["operationId"])
-            if scope is None:
+            operation_id = operation["operationId"]
+            if operation_id in OPEN_OPERATIONS:
                 operation["security"] = []
                 continue
+            scope = OPERATION_SCOPES[operation_id]  # KeyError: an operation declared neither open nor scoped
             operation["security"] = [{"bearerAuth": [scope]}]
             operation["responses"]["401"] = _problem("No bearer token, or an invalid one", _CHALLENGE)
             operation["responses"]["403"] = _problem(f"The token lacks the scope {scope}", _CHALLENGE)
@@ -129,7 +137,8 @@ def build_openapi(secured: bool = True) -> dict[str, Any]:
     """The document; `secured` (AUTH_MODE=jwt) declares the bearer scheme and each operation's scope,
     without it (AUTH_MODE=none) no operation needs credentials, and the document says so."""
     (_, schemas) = msgspec.json.schema_components(
-        [CreateOrderBody, UpdateOrderBody, Order, Problem, Health, Readiness, PoolStats], ref_template=_REF
+        [CreateOrderBody, UpdateOrderBody, Order, Problem, Health, Readiness, PoolStats, EventsFigures],
+        ref_template=_REF,
     )
     _with_constraints(schemas)
     order_response = _json("The order", _ref("Order"), _ORDER_HEADERS)
@@ -314,11 +323,32 @@ def build_openapi(secured: bool = True) -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus exposition, merged across every process of the service",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/metrics/db": {
             "get": {
                 "operationId": "dbMetrics",
                 "summary": "Connection-pool figures of the answering worker",
                 "responses": {"200": _json("Pool figures", _ref("PoolStats"))},
+            }
+        },
+        "/metrics/events": {
+            "get": {
+                "operationId": "eventsMetrics",
+                "summary": "Outbox backlog, stream length, group pending and lag, dead-letter length",
+                "description": "A side that cannot be reached (PostgreSQL or Redis) reports nulls and "
+                '`"error": "unavailable"` rather than failing the whole answer.',
+                "responses": {"200": _json("Event pipeline figures", _ref("EventsFigures"))},
             }
         },
         "/openapi.json": {

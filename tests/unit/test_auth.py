@@ -254,6 +254,7 @@ async def test_events_carry_owner_and_actor_and_the_consumer_confirms_as_system(
 
 
 def test_openapi_declares_the_bearer_scheme_and_each_operations_scope() -> None:
+    from service.http.api import OPEN_PATHS
     from service.http.openapi import build_openapi
 
     document = build_openapi()
@@ -263,26 +264,45 @@ def test_openapi_declares_the_bearer_scheme_and_each_operations_scope() -> None:
         "bearerFormat": "JWT",
         "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
     }
-    paths = document["paths"]
+    operations = {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
     expected = {
         ("/orders", "post"): [{"bearerAuth": ["orders:write"]}],
         ("/orders", "get"): [{"bearerAuth": ["orders:read"]}],
+        ("/orders/changes", "get"): [{"bearerAuth": ["orders:read"]}],
         ("/orders/{id}", "get"): [{"bearerAuth": ["orders:read"]}],
         ("/orders/{id}", "put"): [{"bearerAuth": ["orders:write"]}],
         ("/orders/{id}", "delete"): [{"bearerAuth": ["orders:write"]}],
+        ("/metrics", "get"): [{"bearerAuth": ["orders:admin"]}],
         ("/metrics/db", "get"): [{"bearerAuth": ["orders:admin"]}],
+        ("/metrics/events", "get"): [{"bearerAuth": ["orders:admin"]}],
         ("/health", "get"): [],
         ("/ready", "get"): [],
         ("/openapi.json", "get"): [],
     }
+    assert operations.keys() == expected.keys()  # every operation of the document is checked
     for (path, method), security in expected.items():
-        operation = paths[path][method]
+        operation = operations[(path, method)]
         assert operation["security"] == security, (path, method)
         assert ("401" in operation["responses"]) == bool(security)
+        assert ("403" in operation["responses"]) == bool(security)
+        assert (security == []) == (path in OPEN_PATHS), (path, method)  # as the REST API enforces it
     # AUTH_MODE=none: nothing needs credentials, and the document does not claim otherwise
     open_document = build_openapi(secured=False)
     assert "securitySchemes" not in open_document["components"]
     assert all("security" not in op for item in open_document["paths"].values() for op in item.values())
+
+
+def test_an_operation_declared_neither_open_nor_scoped_is_refused() -> None:
+    """A new route forgotten in OPERATION_SCOPES must not be published as open."""
+    from service.http.openapi import _secure
+
+    with pytest.raises(KeyError, match="newOperation"):
+        _secure({"/new": {"get": {"operationId": "newOperation", "responses": {}}}})
 
 
 def test_dev_keys_and_dev_token_make_a_token_the_service_accepts(
