@@ -9,7 +9,8 @@ threads, `--seconds` after `--warmup`). After the create run of the every-role s
 how many orders were still pending when the load stopped and how long the pipeline took to
 confirm them, and the CPU per request of the service's processes (from /proc). gRPC GetOrder and
 CreateOrder are driven by h2load (8 connections x 4 streams, 1 thread) at the service (roles
-http,grpc, HTTP_WORKERS=1, GRPC_WORKERS 1 and 2) and at `benchmarks.grpc_echo`; each h2load run is
+http,grpc, HTTP_WORKERS=1, GRPC_WORKERS 1 and 2) and at `benchmarks.grpc_echo`, plain and with
+its initial metadata sent in a batch of its own as the service must (`--initial-metadata`); each h2load run is
 checked with one real call first, since h2load counts a gRPC error (it comes in the trailers) as
 a success; the load tool's gRPC transport drives both calls too. The peer is started by the
 caller (see ../shared/peers/README.md); its database should be fresh too. Prints markdown;
@@ -188,31 +189,41 @@ def grpc_service(args: argparse.Namespace, workers: int, messages: dict[str, byt
     return results
 
 
+ECHO_VARIANTS = {
+    # name in the figures: extra arguments of benchmarks.grpc_echo
+    "echo": [],
+    # the service's contract (x-request-id in the initial metadata) costs grpc.aio a batch of its own
+    "echo_initial_metadata": ["--initial-metadata"],
+}
+
+
 def grpc_echo(args: argparse.Namespace, messages: dict[str, bytes]) -> dict[str, Any]:
-    port = free_port()
-    echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--port", str(port)])
+    """The bare grpc.aio echo server, plain and with initial metadata sent as the service does."""
     results: dict[str, Any] = {}
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    grpc.channel_ready_future(channel).result(timeout=1)
-                break
-            except grpc.FutureTimeoutError:
-                continue
-        method = "orders.OrderService/GetOrder"
-        h2load(f"127.0.0.1:{port}", method, messages[method], args.warmup)
-        before = cpu_seconds([echo.pid])
-        figures = h2load(f"127.0.0.1:{port}", method, messages[method], args.seconds)
-        figures["cpu_us_per_call"] = round(
-            (cpu_seconds([echo.pid]) - before) / (figures["calls_per_s"] * args.seconds) * 1e6
-        )
-        results["echo"] = figures
-        print(f"  bare grpc.aio echo: {figures}", file=sys.stderr)
-    finally:
-        echo.terminate()
-        echo.wait(10)
+    for name, extra in ECHO_VARIANTS.items():
+        port = free_port()
+        echo = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_echo", "--port", str(port), *extra])
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                        grpc.channel_ready_future(channel).result(timeout=1)
+                    break
+                except grpc.FutureTimeoutError:
+                    continue
+            method = "orders.OrderService/GetOrder"
+            h2load(f"127.0.0.1:{port}", method, messages[method], args.warmup)
+            before = cpu_seconds([echo.pid])
+            figures = h2load(f"127.0.0.1:{port}", method, messages[method], args.seconds)
+            figures["cpu_us_per_call"] = round(
+                (cpu_seconds([echo.pid]) - before) / (figures["calls_per_s"] * args.seconds) * 1e6
+            )
+            results[name] = figures
+            print(f"  bare grpc.aio {name}: {figures}", file=sys.stderr)
+        finally:
+            echo.terminate()
+            echo.wait(10)
     return results
 
 
@@ -261,6 +272,12 @@ def markdown(figures: dict[str, Any]) -> str:
                 )
         if echo:
             lines.append(f"| bare grpc.aio echo | 1 | {echo} | 1.00 | {grpc_figures['echo'].get('cpu_us_per_call')} |")
+        with_metadata = grpc_figures.get("echo_initial_metadata", {})
+        if echo and with_metadata:
+            lines.append(
+                f"| bare echo + initial metadata | 1 | {with_metadata['calls_per_s']} | "
+                f"{ratio(with_metadata['calls_per_s'], echo)} | {with_metadata.get('cpu_us_per_call')} |"
+            )
     return "\n".join(lines)
 
 
