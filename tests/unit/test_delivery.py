@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 WORKFLOWS = ROOT / ".github" / "workflows"
+DEPENDABOT = ROOT / ".github" / "dependabot.yml"
 K8S = ROOT / "deploy" / "kubernetes"
 README = ROOT / "README.md"
 
@@ -435,6 +436,136 @@ def test_image_published_to_ghcr_with_github_token_only(workflows: dict[str, dic
     for name, workflow in workflows.items():
         secrets = set(re.findall(r"secrets\.(\w+)", json.dumps(workflow)))
         assert secrets <= {"GITHUB_TOKEN", "CODSPEED_TOKEN"}, f"{name} uses other secrets: {secrets}"
+
+
+# --------------------------------------------------------------------------- supply chain
+
+ACTION_PINNED = re.compile(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}")
+
+
+def every_uses(workflow: dict[str, Any]) -> Iterator[str]:
+    """Every `uses:` of a workflow: steps' actions and jobs' reusable workflows."""
+    for job in workflow["jobs"].values():
+        if "uses" in job:
+            yield job["uses"]
+        yield from uses(job)
+
+
+def test_every_action_is_pinned_by_commit_sha(workflows: dict[str, dict[str, Any]]) -> None:
+    """A tag can be moved to other code (trivy-action's were); a full commit SHA cannot.
+    A local reusable workflow (./...) is part of the same commit."""
+    unpinned = [
+        f"{name}: {ref}"
+        for name, workflow in workflows.items()
+        for ref in every_uses(workflow)
+        if not ref.startswith("./") and not ACTION_PINNED.fullmatch(ref)
+    ]
+    assert unpinned == [], f"pin these by a 40-hex commit SHA (release in a comment): {unpinned}"
+    assert any(True for workflow in workflows.values() for _ in every_uses(workflow)), "no `uses:` found"
+
+
+def test_dependabot_keeps_actions_and_python_dependencies_current() -> None:
+    assert DEPENDABOT.exists(), ".github/dependabot.yml keeps the SHA pins and the lock current"
+    config = yaml.safe_load(DEPENDABOT.read_text())
+    assert config["version"] == 2
+    ecosystems: dict[str, set[str]] = {}
+    for update in config["updates"]:
+        directories = update.get("directories", [update.get("directory")])
+        ecosystems.setdefault(update["package-ecosystem"], set()).update(d for d in directories if d)
+        assert update["schedule"]["interval"] in {"daily", "weekly", "monthly"}
+    assert "/" in ecosystems.get("github-actions", set()), "github-actions at / (it reads .github/workflows)"
+    assert "/" in ecosystems.get("pip", set()), "pip at / (pyproject.toml)"
+
+
+def image_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """name, tag, digest of an image reference (a ':' after the last '/' starts the tag)."""
+    name, _, digest = ref.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :], digest or None
+    return name, None, digest or None
+
+
+def assert_pinned(where: str, ref: str) -> None:
+    _, tag, digest = image_reference(ref)
+    assert digest or (tag and tag != "latest"), f"{where} deploys {ref!r}: give a version tag or a digest"
+
+
+@pytest.mark.parametrize(
+    ("ref", "pinned"),
+    [
+        ("orders-service", False),
+        ("ghcr.io/example/orders-service:latest", False),
+        ("localhost:5000/orders-service", False),
+        ("postgres:18", True),
+        ("localhost:5000/orders-service@sha256:" + "0" * 64, True),
+    ],
+)
+def test_image_pinning_check_means_something(ref: str, pinned: bool) -> None:
+    if pinned:
+        assert_pinned("test", ref)
+    else:
+        with pytest.raises(AssertionError):
+            assert_pinned("test", ref)
+
+
+def pod_images(document: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    spec = document.get("spec", {})
+    pod = spec.get("jobTemplate", {}).get("spec", spec).get("template", {}).get("spec", {})
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for container in pod.get(kind, []):
+            yield f"{document['kind']}/{document['metadata']['name']} {container['name']}", container["image"]
+
+
+def test_no_kubernetes_manifest_deploys_latest_or_an_untagged_image(manifests: list[dict[str, Any]]) -> None:
+    """Each image as kustomize renders it: its `images:` entry replaces the name, tag or digest."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    overrides = {entry["name"]: entry for entry in kustomization.get("images", [])}
+    found = 0
+    for document in manifests:
+        for where, ref in pod_images(document):
+            name, tag, digest = image_reference(ref)
+            entry = overrides.get(name, {})
+            name = entry.get("newName", name)
+            tag = str(entry["newTag"]) if "newTag" in entry else tag
+            digest = entry.get("digest", digest)
+            if not digest:
+                assert_pinned(where, f"{name}:{tag}" if tag else name)
+            found += 1
+    assert found >= len(ROLES), "no container images found in the manifests"
+
+
+def test_no_compose_service_or_ci_service_container_runs_latest(
+    compose: dict[str, Any], workflows: dict[str, dict[str, Any]]
+) -> None:
+    for name, service in compose["services"].items():
+        assert "image" in service, f"compose service {name} names its image (and tag)"
+        assert_pinned(f"compose service {name}", service["image"])
+    for workflow_name, workflow in workflows.items():
+        for job_name, job in workflow["jobs"].items():
+            for name, spec in job.get("services", {}).items():
+                assert_pinned(f"{workflow_name} {job_name} service {name}", spec["image"])
+
+
+def test_every_image_pushed_or_built_is_held_to_the_size_budget(workflows: dict[str, dict[str, Any]]) -> None:
+    """ci.yml's image job and release.yml's release job each check the size of the image they build."""
+    budgets = set()
+    checked = 0
+    for name, workflow in workflows.items():
+        for job_name, job in workflow["jobs"].items():
+            if not any(u.startswith("docker/build-push-action@") for u in uses(job)):
+                continue
+            budget = {**workflow.get("env", {}), **job.get("env", {})}.get("IMAGE_MAX_MB")
+            assert budget is not None, f"{name} {job_name}: IMAGE_MAX_MB is not set"
+            budgets.add(str(budget))
+            runs = [step.get("run", "") for step in job["steps"]]
+            assert any(
+                "docker image inspect --format '{{.Size}}'" in run and "IMAGE_MAX_MB * 1000000" in run for run in runs
+            ), f"{name} {job_name} builds an image without checking its size"
+            checked += 1
+    assert checked >= 2, "both the CI image job and the release job build an image"
+    assert budgets == {"160"}, f"one size budget, issue 18's 160 MB: {budgets}"
 
 
 # --------------------------------------------------------------------------- Kubernetes
