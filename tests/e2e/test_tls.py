@@ -49,11 +49,13 @@ class Pki:
             context.load_cert_chain(str(self.client_file))
         return context
 
-    def grpc_credentials(self, with_certificate: bool) -> grpc.ChannelCredentials:
-        chain = b"".join(blob.bytes() for blob in self.client.cert_chain_pems)
+    def grpc_credentials(self, with_certificate: bool, client_of: Pki | None = None) -> grpc.ChannelCredentials:
+        """Trusting this CA; with this CA's client certificate, or with `client_of`'s when given."""
+        client = (client_of or self).client
+        chain = b"".join(blob.bytes() for blob in client.cert_chain_pems)
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca_file.read_bytes(),
-            private_key=self.client.private_key_pem.bytes() if with_certificate else None,
+            private_key=client.private_key_pem.bytes() if with_certificate else None,
             certificate_chain=chain if with_certificate else None,
         )
 
@@ -148,7 +150,11 @@ def test_mtls_requires_a_client_certificate_signed_by_the_ca(tls_service: Any, p
         httpx.get(url, verify=foreign, timeout=3).raise_for_status()
 
     assert grpc_health(proc.grpc_target, pki.grpc_credentials(with_certificate=True)) >= 0
-    for credentials in (pki.grpc_credentials(with_certificate=False), None):
+    for credentials in (
+        pki.grpc_credentials(with_certificate=False),
+        pki.grpc_credentials(with_certificate=True, client_of=stranger),  # signed by another CA
+        None,
+    ):
         with pytest.raises(grpc.RpcError) as caught:
             grpc_health(proc.grpc_target, credentials)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
