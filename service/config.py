@@ -325,7 +325,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PURGE_INTERVAL": ("purge_interval", _float(0.1, 86_400.0)),
     "OUTBOX_RETENTION": ("outbox_retention", _float(0.0, 30 * 86_400.0)),
     "WATCH_BUFFER": ("watch_buffer", _int(1, 1_000_000)),
-    "WATCH_HEARTBEAT": ("watch_heartbeat", _float(0.1, 3600.0)),
+    # The contract promises proxies a comment line at least every 15 s.
+    "WATCH_HEARTBEAT": ("watch_heartbeat", _float(1.0, 15.0)),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_exporter_otlp_endpoint", _otlp_endpoint),
     "OTEL_SERVICE_NAME": ("otel_service_name", _text),
     "AUTH_MODE": ("auth_mode", _auth_mode),

@@ -37,6 +37,12 @@ def test_settings_defaults_and_overrides() -> None:
     assert load_settings({}).grpc_port == 9090
 
 
+def test_watch_heartbeat_keeps_the_15_second_promise() -> None:
+    assert load_settings({}).watch_heartbeat == 15.0
+    assert load_settings({"WATCH_HEARTBEAT": "15"}).watch_heartbeat == 15.0
+    assert load_settings({"WATCH_HEARTBEAT": "1"}).watch_heartbeat == 1.0
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -50,6 +56,9 @@ def test_settings_defaults_and_overrides() -> None:
         ({"SHUTDOWN_TIMEOUT": "soon"}, "SHUTDOWN_TIMEOUT"),
         ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
         ({"ROLES": "http,ftp"}, "ROLES"),
+        ({"WATCH_HEARTBEAT": "16"}, "WATCH_HEARTBEAT"),
+        ({"WATCH_HEARTBEAT": "3600"}, "WATCH_HEARTBEAT"),
+        ({"WATCH_HEARTBEAT": "0.5"}, "WATCH_HEARTBEAT"),
     ],
 )
 def test_bad_variables_name_themselves(env: dict[str, str], variable: str) -> None:
