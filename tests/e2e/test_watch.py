@@ -65,6 +65,35 @@ async def _confirmed(rest: httpx.AsyncClient, order_id: str) -> None:
     raise AssertionError(f"order {order_id} never confirmed")
 
 
+async def _settled_orders(watched: ServiceProcess, rest: httpx.AsyncClient, count: int) -> list[str]:
+    """`count` new orders, confirmed, with every change of theirs already on the stream (a watch
+    opened afterwards sees none of these)."""
+    ids = [await _create(rest, f"o{i}") for i in range(count)]
+    for order_id in ids:
+        await _confirmed(rest, order_id)
+    redis = aioredis.Redis.from_url(watched.env["REDIS_URL"])
+    try:
+        for _ in range(200):
+            recent = await redis.xrevrange(watched.stream, count=500)
+            confirmed = {
+                json.loads(fields[b"payload"])["id"] for _, fields in recent if fields.get(b"event") == b"order.updated"
+            }
+            if confirmed.issuperset(ids):
+                return ids
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+    raise AssertionError("the confirmations never reached the stream")
+
+
+async def _update_in_turn(rest: httpx.AsyncClient, order_ids: tuple[str, ...]) -> None:
+    """Quantities 2, 3, 4, each given to every order in turn: changes interleaved in a known order."""
+    for quantity in (2, 3, 4):
+        for order_id in order_ids:
+            reply = await rest.put(f"/orders/{order_id}", json={"product": "x", "quantity": quantity})
+            assert reply.status_code == 200
+
+
 def _grpc_error(err: BaseException) -> tuple[grpc.StatusCode, str]:
     assert isinstance(err, grpc.aio.AioRpcError), err
     return err.code(), err.details() or ""
@@ -111,23 +140,17 @@ async def test_grpc_watch_from_now_sees_each_change_of_every_order(
 async def test_grpc_filter_resume_and_exact_order(
     watched: ServiceProcess, rest: httpx.AsyncClient, stub: orders_pb2_grpc.OrderServiceStub
 ) -> None:
-    a, b = await _create(rest, "a"), await _create(rest, "b")
-    await _confirmed(rest, a)
-    await _confirmed(rest, b)
+    a, b, c = await _settled_orders(watched, rest, 3)
     tip = await stream_tip(watched.env["REDIS_URL"], watched.stream)
-    call = grpc_watch(stub, order_ids=[a], after=tip)
-    for quantity in (2, 3, 4):
-        for order_id in (b, a):
-            reply = await rest.put(f"/orders/{order_id}", json={"product": "x", "quantity": quantity})
-            assert reply.status_code == 200
-    first = await read_changes(call, 2)
-    call.cancel()  # disconnect after two changes, resume after the second
-    assert all(c.order.id == a for c in first)
-    assert [c.order.quantity for c in first] == [2, 3]
-    resumed = grpc_watch(stub, order_ids=[a], after=first[-1].cursor)
+    call = grpc_watch(stub, order_ids=[a, b], after=tip)
+    await _update_in_turn(rest, (c, a, b))
+    first = await read_changes(call, 4)
+    call.cancel()  # disconnect after four changes, resume after the fourth
+    assert [(change.order.id, change.order.quantity) for change in first] == [(a, 2), (b, 2), (a, 3), (b, 3)]
+    resumed = grpc_watch(stub, order_ids=[a, b], after=first[-1].cursor)
     try:
-        rest_of = await read_changes(resumed, 1)
-        assert [(c.order.id, c.order.quantity) for c in rest_of] == [(a, 4)]
+        rest_of = await read_changes(resumed, 2)  # c's last change came before these: it would show
+        assert [(change.order.id, change.order.quantity) for change in rest_of] == [(a, 4), (b, 4)]
     finally:
         resumed.cancel()
     # Unfiltered, the resumed stream is exactly the stream's entries after the cursor, in order.
@@ -202,29 +225,25 @@ async def _create_many(rest: httpx.AsyncClient, count: int, concurrency: int = 3
 async def test_sse_from_now_filter_and_resume_with_last_event_id(
     watched: ServiceProcess, rest: httpx.AsyncClient
 ) -> None:
-    a, b = await _create(rest, "a"), await _create(rest, "b")
-    await _confirmed(rest, a)
-    await _confirmed(rest, b)
-    async with sse_watch(rest, f"?order_id={a}&order_id={a}") as response:
+    a, b, c = await _settled_orders(watched, rest, 3)
+    async with sse_watch(rest, f"?order_id={a}&order_id={b}") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
         events = SseReader(response.aiter_lines())
         await events.until_open()
-        for quantity in (2, 3, 4):
-            for order_id in (b, a):
-                reply = await rest.put(f"/orders/{order_id}", json={"product": "x", "quantity": quantity})
-                assert reply.status_code == 200
-        first = [await events.next(), await events.next()]
+        await _update_in_turn(rest, (c, a, b))
+        first = [await events.next() for _ in range(4)]
     assert all(e is not None and e.event == "order.updated" for e in first)
     orders = [json.loads(e.data) for e in first if e is not None]
-    assert [(o["id"], o["quantity"]) for o in orders] == [(a, 2), (a, 3)]
+    assert [(o["id"], o["quantity"]) for o in orders] == [(a, 2), (b, 2), (a, 3), (b, 3)]
     assert orders[0] == {**orders[0], "product": "x", "status": "confirmed"}
     last_id = first[-1].id if first[-1] is not None else None
     assert last_id
-    async with sse_watch(rest, f"?order_id={a}", headers={"last-event-id": last_id}) as response:
+    async with sse_watch(rest, f"?order_id={a}&order_id={b}", headers={"last-event-id": last_id}) as response:
         events = SseReader(response.aiter_lines())
-        after = await events.next()
-    assert after is not None and json.loads(after.data)["quantity"] == 4
+        after = [await events.next() for _ in range(2)]  # c's last change came before these: it would show
+    resumed = [json.loads(e.data) for e in after if e is not None]
+    assert [(o["id"], o["quantity"]) for o in resumed] == [(a, 4), (b, 4)]
     # ?after= is the same as Last-Event-ID; every entry after the cursor, in stream order.
     expected = await stream_ids(watched.env["REDIS_URL"], watched.stream, last_id)
     async with sse_watch(rest, f"?after={last_id}") as response:
