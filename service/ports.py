@@ -247,6 +247,30 @@ class PoolStats(msgspec.Struct, frozen=True):
     shed_total: int = 0  # requests refused at once: too many were already waiting
 
 
+# What `GET /metrics/events` answers (service.events.metrics; its schema is in the OpenAPI document).
+class OutboxFigures(msgspec.Struct):
+    backlog: int | None = None
+    oldest_unpublished_age_seconds: float | None = None
+    error: str | None = None
+
+
+class StreamFigures(msgspec.Struct):
+    name: str
+    length: int | None = None
+    group: str | None = None
+    consumers: int | None = None
+    pending: int | None = None
+    lag: int | None = None
+    dlq: str | None = None
+    dlq_length: int | None = None
+    error: str | None = None
+
+
+class EventsFigures(msgspec.Struct):
+    outbox: OutboxFigures
+    stream: StreamFigures
+
+
 class Authenticator(Protocol):
     """Who a call comes from, from its `Authorization` header (REST) or metadata (gRPC)."""
 

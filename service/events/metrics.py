@@ -15,34 +15,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.events.stream import StreamNames
-from service.ports import Outbox
+from service.ports import EventsFigures, Outbox, OutboxFigures, StreamFigures
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "unavailable"
-
-
-class OutboxFigures(msgspec.Struct):
-    backlog: int | None = None
-    oldest_unpublished_age_seconds: float | None = None
-    error: str | None = None
-
-
-class StreamFigures(msgspec.Struct):
-    name: str
-    length: int | None = None
-    group: str | None = None
-    consumers: int | None = None
-    pending: int | None = None
-    lag: int | None = None
-    dlq: str | None = None
-    dlq_length: int | None = None
-    error: str | None = None
-
-
-class EventsFigures(msgspec.Struct):
-    outbox: OutboxFigures
-    stream: StreamFigures
 
 
 def _text(value: Any) -> str:

@@ -18,9 +18,8 @@ from service.domain import (
     SCOPE_WRITE,
     Order,
 )
-from service.events.metrics import EventsFigures
 from service.http.schemas import CreateOrderBody, Health, Problem, Readiness, UpdateOrderBody
-from service.ports import PoolStats
+from service.ports import EventsFigures, PoolStats
 
 _REF = "#/components/schemas/{name}"
 
