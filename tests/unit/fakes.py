@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from service.cursor import CursorCodec
 from service.orders import OrderService
+from service.ports import ChangeFeed
 from service.store.memory import MemoryOrderStore
 
 
@@ -32,7 +33,9 @@ class SequentialIds:
         return uuid.UUID(int=(0x0190 << 112) | self.counter)
 
 
-def make_service(ttl_seconds: int = 3600) -> tuple[OrderService, MemoryOrderStore, FakeClock]:
+def make_service(
+    ttl_seconds: int = 3600, changes: ChangeFeed | None = None
+) -> tuple[OrderService, MemoryOrderStore, FakeClock]:
     store = MemoryOrderStore()
     clock = FakeClock()
     service = OrderService(
@@ -41,5 +44,6 @@ def make_service(ttl_seconds: int = 3600) -> tuple[OrderService, MemoryOrderStor
         SequentialIds(),
         CursorCodec(b"test-key"),
         idempotency_ttl=timedelta(seconds=ttl_seconds),
+        changes=changes,
     )
     return service, store, clock
