@@ -209,14 +209,16 @@ class ChangeSubscription(Protocol):
         """The next changes in feed order (at least one), or [] when none arrived within `wait_seconds`.
 
         Raises StopAsyncIteration once the feed shuts down (after every change already buffered),
-        WatcherTooSlow when the buffer overflowed.
+        WatcherTooSlow when the buffer overflowed, CursorExpired (after every change already
+        buffered) when changes after those were trimmed from the feed before it read them.
         """
         ...
 
     @property
     def ending(self) -> bool:
         """The watch is over but for `changes()` saying so: the buffer overflowed (WatcherTooSlow),
-        or the feed shuts down (what is buffered, then StopAsyncIteration)."""
+        changes were trimmed unread (what is buffered, then CursorExpired), or the feed shuts down
+        (what is buffered, then StopAsyncIteration)."""
         ...
 
     def close(self) -> None: ...

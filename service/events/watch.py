@@ -8,8 +8,10 @@ with XRANGE, page by page, then joins the hub; the entries the hub had read mean
 with one more XRANGE up to the hub's position, so nothing is missed and nothing repeats.
 
 Redis unavailable: the hub and catching-up watchers retry with backoff from where they were, so
-streams pause and continue with nothing skipped. `close()` (shutdown) ends every watcher after
-the changes already in its buffer.
+streams pause and continue with nothing skipped. Should the stream have been trimmed past the
+hub's position meanwhile (or while the hub lagged), its watchers end with CursorExpired after the
+changes already in their buffers, as a cursor that old would: never a silent gap. `close()`
+(shutdown) ends every watcher after the changes already in its buffer.
 """
 
 from __future__ import annotations
@@ -78,6 +80,22 @@ def _bounds(info: Any, stream: str) -> FeedBounds:
     )
 
 
+def _gone_after(bounds: FeedBounds, position: tuple[int, int]) -> bool:
+    """Whether entries after `position` may have been trimmed away (the rule cursors are judged by)."""
+    if not bounds.trimmed:
+        return False
+    if bounds.first is None:
+        return _position(bounds.last) > position
+    return _position(bounds.first) > position
+
+
+def _follows(before: str, after: str) -> bool:
+    """Whether `after` is certainly the entry right after `before`: the next id of one millisecond
+    (the first id of a later millisecond may or may not have had predecessors since)."""
+    ms, seq = _position(before)
+    return _position(after) == (ms, seq + 1)
+
+
 def _selects(spec: WatchSpec, entry: FeedEntry) -> bool:
     if spec.order_ids is not None and str(entry.order.id) not in spec.order_ids:
         return False
@@ -101,12 +119,13 @@ class Subscription:
         self._read_through: tuple[int, int] | None = None
         self.live = False
         self._overflowed = False
+        self._expired: CursorExpired | None = None  # the hub skipped changes: the last thing said
         self._closed = False
 
     # -- the hub's side (synchronous) --
 
     def push(self, entry: FeedEntry) -> None:
-        if self._overflowed:
+        if self._overflowed or self._expired is not None:
             return
         if self._read_through is not None:
             if _position(entry.cursor) <= self._read_through:
@@ -123,6 +142,13 @@ class Subscription:
     def end(self) -> None:
         """The feed shuts down: end after what is buffered."""
         self._closed = True
+        self._wake.set()
+
+    def expire(self, position: str) -> None:
+        """Changes after `position` were trimmed before the hub read them: end with CursorExpired
+        after what is buffered, so the client learns of the gap as a resume from there would."""
+        self._expired = CursorExpired(position)
+        self._feed.unregister(self)
         self._wake.set()
 
     # -- the watcher's side --
@@ -172,6 +198,8 @@ class Subscription:
                 continue
             if self._queue:
                 return _batch(self._queue)
+            if self._expired is not None:
+                raise self._expired
             if self._closed:
                 raise StopAsyncIteration
             remaining = deadline - loop.time()
@@ -183,7 +211,7 @@ class Subscription:
 
     @property
     def ending(self) -> bool:
-        return self._overflowed or self._closed or self._feed.stopping
+        return self._overflowed or self._expired is not None or self._closed or self._feed.stopping
 
     def close(self) -> None:
         self._closed = True
@@ -311,18 +339,48 @@ class RedisChangeFeed:
 
     async def _run(self) -> None:
         streak = FailureStreak(f"Redis (change feed of {self._stream})")
+        resumed = False  # the last attempt failed: the stream may have been trimmed meanwhile
         while not self._stop.is_set():
             try:
                 if self._at is None:
                     self._at = (await self.bounds()).last
                     self._ready.set()
                 reply: Any = await self._redis.xread({self._stream: self._at}, count=READ_COUNT, block=BLOCK_MS)
+                entries: list[tuple[bytes, Fields]] = [entry for _stream, read in reply or () for entry in read]
+                skipped = await self._skipped(entries) if resumed or len(entries) >= READ_COUNT else False
                 streak.succeeded()
             except (RedisError, OSError, ChangesUnavailable) as exc:
+                resumed = self._at is not None
                 await sleep_unless(self._stop, streak.failed(exc))
                 continue
-            for _stream, entries in reply or ():
+            resumed = False
+            if skipped:
+                self._expire_all()
+            if entries:
                 self._dispatch(entries)
+
+    async def _skipped(self, entries: list[tuple[bytes, Fields]]) -> bool:
+        """Whether entries after the hub's position may have been trimmed before this read found them.
+
+        Asked after an outage, and after a full read (the hub lags): trimming to MAXLEN keeps at
+        least STREAM_MAXLEN >= READ_COUNT newer entries, so an unread entry can only have gone
+        when a full read follows. Trimming only ever removes the oldest entries, so the stream's
+        bounds read after the XREAD still tell whether any entry after the position was gone
+        before it. (An XTRIM to fewer than READ_COUNT entries while the hub reads on goes unseen.)
+        """
+        assert self._at is not None
+        if entries and _follows(self._at, entries[0][0].decode()):
+            return False
+        return _gone_after(await self.bounds(), _position(self._at))
+
+    def _expire_all(self) -> None:
+        assert self._at is not None
+        log.warning(
+            "the change feed's reader fell behind the stream's trimming: its watchers end as expired",
+            extra={"stream": self._stream, "position": self._at},
+        )
+        for subscription in {*self._all, *(s for subs in self._by_order.values() for s in subs)}:
+            subscription.expire(self._at)
 
     def _dispatch(self, entries: list[tuple[bytes, Fields]]) -> None:
         everything = tuple(self._all)  # a watcher cut off meanwhile ignores what it is pushed
