@@ -362,11 +362,10 @@ class RedisChangeFeed:
     async def _skipped(self, entries: list[tuple[bytes, Fields]]) -> bool:
         """Whether entries after the hub's position may have been trimmed before this read found them.
 
-        Asked after an outage, and after a full read (the hub lags): trimming to MAXLEN keeps at
-        least STREAM_MAXLEN >= READ_COUNT newer entries, so an unread entry can only have gone
-        when a full read follows. Trimming only ever removes the oldest entries, so the stream's
-        bounds read after the XREAD still tell whether any entry after the position was gone
-        before it. (An XTRIM to fewer than READ_COUNT entries while the hub reads on goes unseen.)
+        Asked after an outage, and after a full read (the hub lags): trimming keeps at least
+        STREAM_MAXLEN >= READ_COUNT newer entries, so an unread one can only go when a full read
+        follows. Trimming removes the oldest entries only, so bounds read after the XREAD still
+        tell. (An XTRIM to fewer than READ_COUNT entries while the hub reads on goes unseen.)
         """
         assert self._at is not None
         if entries and _follows(self._at, entries[0][0].decode()):
@@ -375,10 +374,8 @@ class RedisChangeFeed:
 
     def _expire_all(self) -> None:
         assert self._at is not None
-        log.warning(
-            "the change feed's reader fell behind the stream's trimming: its watchers end as expired",
-            extra={"stream": self._stream, "position": self._at},
-        )
+        what = "the change feed's reader fell behind the stream's trimming: its watchers end as expired"
+        log.warning(what, extra={"stream": self._stream, "position": self._at})
         for subscription in {*self._all, *(s for subs in self._by_order.values() for s in subs)}:
             subscription.expire(self._at)
 
