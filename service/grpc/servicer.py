@@ -14,6 +14,7 @@ from service.domain import ANONYMOUS, FieldViolation, ValidationFailed
 from service.grpc.convert import ChangeMessages, order_to_pb, status_from_pb
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from service.grpc.status import TooManyCalls, status_for
+from service.grpc.watch_writes import BoundedWrites
 from service.observability.calls import NO_METRICS, CallEnvelope, CallMetrics, end_server_span, enter, leave
 from service.observability.tracing import NO_TRACER, NOOP_SPAN, Span, Tracer
 from service.orders import OrderService
@@ -206,7 +207,9 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     async def WatchOrders(
         self, request: orders_pb2.WatchOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        """Server streaming by `context.write`; the call (and its access line) ends with the stream."""
+        """Server streaming by `context.write`; the call (and its access line) ends with the stream,
+        or when its client stops reading (see watch_writes)."""
+        writes = BoundedWrites()
 
         async def work(ctx: RequestContext, metadata: dict[str, str]) -> None:
             subscription = await self._service.watch(list(request.order_ids), request.after or None, ctx=ctx)
@@ -216,9 +219,11 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                         batch = await subscription.changes(WATCH_POLL_SECONDS)
                     except StopAsyncIteration:  # shutting down: end with OK
                         return
-                    for entry in batch:
-                        await context.write(self._changes.message(entry))
+                    await writes.write(context, map(self._changes.message, batch), subscription)
             finally:
                 subscription.close()
 
-        await self._call("WatchOrders", context, work)
+        try:
+            await self._call("WatchOrders", context, work)
+        finally:
+            writes.done()

@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.conftest import TestServices
@@ -204,6 +205,46 @@ async def test_grpc_slow_watcher_is_cut_off_with_resource_exhausted(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert f"more than {BUFFER} changes behind" in details
     assert received < 3000
+
+
+async def _calls_ended(rest: httpx.AsyncClient, code: str) -> float:
+    """How many WatchOrders calls ended with `code`, by the service's metrics."""
+    families = text_string_to_metric_families((await rest.get("/metrics")).text)
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == "orders_grpc_calls_total" and sample.labels == {"method": "WatchOrders", "code": code}
+    )
+
+
+async def test_grpc_watcher_that_stops_reading_is_ended_with_resource_exhausted(
+    watched: ServiceProcess, rest: httpx.AsyncClient
+) -> None:
+    # A client window of 1 KiB (and no BDP probing to grow it): a few unread changes fill it and
+    # the server's next write waits for a window update that never comes.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    async with grpc.aio.insecure_channel(watched.grpc_target, options=options) as channel:
+        call = grpc_watch(orders_pb2_grpc.OrderServiceStub(channel))
+        await _until_live(call, rest)
+        ended = await _calls_ended(rest, "RESOURCE_EXHAUSTED")
+        await _create_many(rest, 20)  # 40 changes: fewer than WATCH_BUFFER, so only the stuck write can end it
+        for _ in range(600):  # the server gives up on its own, while nobody reads
+            if await _calls_ended(rest, "RESOURCE_EXHAUSTED") > ended:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the server never ended the watch of a client that stopped reading")
+        received = 0  # reading again: what the window held, then the status
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:
+                message = await asyncio.wait_for(call.read(), 15)
+                assert message is not grpc.aio.EOF
+                received += 1
+    code, details = _grpc_error(caught.value)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert "stopped reading" in details and "resume from its last cursor" in details
+    assert received < 40
 
 
 async def _create_many(rest: httpx.AsyncClient, count: int, concurrency: int = 32) -> None:
