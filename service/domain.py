@@ -183,18 +183,6 @@ class WatcherTooSlow(DomainError):
         )
 
 
-class WatcherStalled(WatcherTooSlow):
-    """A watcher's client did not take the changes sent within `seconds` (it stopped reading) and
-    the watch was closed: too slow by another measure, answered the same way."""
-
-    def __init__(self, seconds: float) -> None:
-        DomainError.__init__(
-            self,
-            f"the watcher's client stopped reading (changes sent were not taken within {seconds:g} s) "
-            "and the watcher was closed; resume from its last cursor",
-        )
-
-
 class ChangesUnavailable(Exception):
     """The change feed (the events stream) cannot be reached, or is shutting down (503/UNAVAILABLE)."""
 

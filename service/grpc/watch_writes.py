@@ -17,11 +17,24 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from service.domain import CursorExpired, DomainError, WatcherStalled, WatcherTooSlow
+from service.domain import CursorExpired, DomainError, WatcherTooSlow
 from service.ports import ChangeSubscription
 
 WRITE_SECONDS = 5.0
 ABORT_SECONDS = 1.0
+
+
+class WatcherStalled(WatcherTooSlow):
+    """A watcher's client did not take the changes sent within `seconds` (it stopped reading) and
+    the watch was closed: too slow by another measure, answered the same way (RESOURCE_EXHAUSTED).
+    A matter of this transport's flow control, so it lives here rather than in the domain."""
+
+    def __init__(self, seconds: float) -> None:
+        DomainError.__init__(
+            self,
+            f"the watcher's client stopped reading (changes sent were not taken within {seconds:g} s) "
+            "and the watcher was closed; resume from its last cursor",
+        )
 
 
 class BoundedWrites:
