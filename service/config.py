@@ -70,7 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_ms: int = 1000
     relay_batch_size: int = 500
     coalesce_max_batch: int = 256
-    coalesce_max_in_flight: int = 2  # statements of one kind running at once per process
+    coalesce_max_in_flight: int = 1  # statements of one kind running at once per process (measured: 1 beats 2)
     relay_poll_interval: float = 1.0
     events_linger: float = 0.01  # seconds the relay and the consumer let a busy round's successors gather
     purge_interval: float = 60.0

@@ -31,7 +31,7 @@ class Coalescer(Generic[K, V]):
         self,
         run_batch: Callable[[list[K]], Awaitable[list[V]]],
         max_batch: int = 256,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         max_wait: float = 0.05,
     ) -> None:
         self._run_batch = run_batch

@@ -174,7 +174,7 @@ def _update_params(order: Order, expected_version: int, event: OrderEvent) -> li
 
 
 class PostgresOrderStore:
-    def __init__(self, db: Database, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 2) -> None:
+    def __init__(self, db: Database, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 1) -> None:
         self._db = db
         self._reads: Coalescer[uuid.UUID, tuple[Order, str] | None] = Coalescer(
             self._get_many, coalesce_max_batch, coalesce_max_in_flight

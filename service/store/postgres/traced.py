@@ -39,7 +39,7 @@ class TracedPostgresOrderStore(PostgresOrderStore):
     """
 
     def __init__(
-        self, db: Database, tracer: Tracer, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 2
+        self, db: Database, tracer: Tracer, coalesce_max_batch: int = 256, coalesce_max_in_flight: int = 1
     ) -> None:
         super().__init__(db, coalesce_max_batch, coalesce_max_in_flight)
         self._tracer = tracer
