@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import pytest
@@ -128,19 +130,27 @@ async def drain(subscription: ChangeSubscription, count: int) -> list[str]:
     return received
 
 
-async def watching(redis_client: aioredis.Redis, stream: str) -> tuple[RedisChangeFeed, GatedXread, ChangeSubscription]:
-    """A feed over `stream` (one entry in it) with one live watcher of everything."""
+@asynccontextmanager
+async def watching(
+    redis_client: aioredis.Redis, stream: str
+) -> AsyncIterator[tuple[RedisChangeFeed, GatedXread, ChangeSubscription]]:
+    """A feed over `stream` (one entry in it) with one live watcher of everything; both closed after."""
     await redis_client.xadd(stream, change(0))
     gated = GatedXread(redis_client)
     feed = RedisChangeFeed(cast(aioredis.Redis, gated), stream, buffer=10 * READ_COUNT)
-    return feed, gated, await feed.subscribe(None, EVERYTHING)
+    live = await feed.subscribe(None, EVERYTHING)
+    try:
+        yield feed, gated, live
+    finally:
+        live.close()
+        feed.close()
+        await asyncio.sleep(0.05)  # the hub's task ends
 
 
 async def test_changes_trimmed_during_an_outage_end_the_watchers_as_expired(
     redis_client: aioredis.Redis, stream: str
 ) -> None:
-    feed, gated, live = await watching(redis_client, stream)
-    try:
+    async with watching(redis_client, stream) as (feed, gated, live):
         before = await add(redis_client, stream, 2)
         assert await drain(live, 2) == before  # the hub is past them
         buffered = await add(redis_client, stream, 1)  # read by the hub, not yet taken by the watcher
@@ -159,17 +169,12 @@ async def test_changes_trimmed_during_an_outage_end_the_watchers_as_expired(
         after = await add(redis_client, stream, 1)
         assert await drain(fresh, 1) == after
         fresh.close()
-    finally:
-        live.close()
-        feed.close()
-        await asyncio.sleep(0.05)  # the hub's task ends
 
 
 async def test_an_outage_without_trimming_skips_nothing_and_expires_nothing(
     redis_client: aioredis.Redis, stream: str
 ) -> None:
-    feed, gated, live = await watching(redis_client, stream)
-    try:
+    async with watching(redis_client, stream) as (_feed, gated, live):
         await redis_client.xtrim(stream, maxlen=1, approximate=False)  # trimmed up to the hub's position
         await gated.hold()
         gated.down = True
@@ -179,41 +184,27 @@ async def test_an_outage_without_trimming_skips_nothing_and_expires_nothing(
         gated.down = False
         assert await drain(live, 5) == during
         assert not live.ending
-    finally:
-        live.close()
-        feed.close()
-        await asyncio.sleep(0.05)
 
 
 async def test_changes_trimmed_while_the_hub_lags_end_the_watchers_as_expired(
     redis_client: aioredis.Redis, stream: str
 ) -> None:
-    feed, gated, live = await watching(redis_client, stream)
-    try:
+    async with watching(redis_client, stream) as (_feed, gated, live):
         await gated.hold()
         await add(redis_client, stream, READ_COUNT + 500)
         await redis_client.xtrim(stream, maxlen=READ_COUNT, approximate=False)  # 500 unread ones go
         gated.gate.set()  # the next read is a full one, starting after the gap
         with pytest.raises(CursorExpired):
             await drain(live, 1)
-    finally:
-        live.close()
-        feed.close()
-        await asyncio.sleep(0.05)
 
 
 async def test_a_lagging_hub_over_a_trimmed_stream_without_a_gap_delivers_everything(
     redis_client: aioredis.Redis, stream: str
 ) -> None:
-    feed, gated, live = await watching(redis_client, stream)
-    try:
+    async with watching(redis_client, stream) as (_feed, gated, live):
         await redis_client.xtrim(stream, maxlen=1, approximate=False)  # trimmed, but only what was read
         await gated.hold()
         added = await add(redis_client, stream, READ_COUNT + 500)  # full reads, each checked
         gated.gate.set()
         assert await drain(live, len(added)) == added
         assert not live.ending
-    finally:
-        live.close()
-        feed.close()
-        await asyncio.sleep(0.05)
