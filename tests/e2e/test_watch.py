@@ -100,6 +100,17 @@ def _grpc_error(err: BaseException) -> tuple[grpc.StatusCode, str]:
     return err.code(), err.details() or ""
 
 
+async def _read_until_error(call: Any) -> tuple[int, tuple[grpc.StatusCode, str]]:
+    """Read a watch until it ends with an error (never cleanly): how many changes came, and the error."""
+    received = 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while True:
+            message = await asyncio.wait_for(call.read(), 15)
+            assert message is not grpc.aio.EOF
+            received += 1
+    return received, _grpc_error(caught.value)
+
+
 async def _until_live(call: Any, rest: httpx.AsyncClient) -> None:
     """No signal says when a gRPC watch from now is registered: create probes until one is seen."""
     for _ in range(50):
@@ -195,13 +206,7 @@ async def test_grpc_slow_watcher_is_cut_off_with_resource_exhausted(
         call = grpc_watch(orders_pb2_grpc.OrderServiceStub(channel))  # live: a resuming one reads at its pace
         await _until_live(call, rest)
         await _create_many(rest, 1500)  # 3000 changes: far more than the buffer plus the window
-        received = 0
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            while True:
-                message = await asyncio.wait_for(call.read(), 15)
-                assert message is not grpc.aio.EOF
-                received += 1
-    code, details = _grpc_error(caught.value)
+        received, (code, details) = await _read_until_error(call)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert f"more than {BUFFER} changes behind" in details
     assert received < 3000
@@ -235,13 +240,7 @@ async def test_grpc_watcher_that_stops_reading_is_ended_with_resource_exhausted(
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the server never ended the watch of a client that stopped reading")
-        received = 0  # reading again: what the window held, then the status
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            while True:
-                message = await asyncio.wait_for(call.read(), 15)
-                assert message is not grpc.aio.EOF
-                received += 1
-    code, details = _grpc_error(caught.value)
+        received, (code, details) = await _read_until_error(call)  # what the window held, then the status
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert "stopped reading" in details and "resume from its last cursor" in details
     assert received < 40
