@@ -86,9 +86,11 @@ run-auth: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## The suite again with the pure-Python twins of native/ forced (ORDERS_NATIVE=0).
+## The suite again with the pure-Python twins of native/ forced (ORDERS_NATIVE=0); PURE_TESTS
+## narrows it to some paths (CI: the modules whose code paths run native/, see .ci/run).
+PURE_TESTS ?=
 test-pure: $(STAMP)
-	ORDERS_NATIVE=0 $(BIN)/python -m pytest -q
+	ORDERS_NATIVE=0 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
