@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
+import grpc
 import httpx
 import pytest
 
@@ -24,6 +25,14 @@ def settled_ready(client: httpx.Client, expect: int, timeout: float = 10.0) -> h
         if (response.status_code == expect and checked) or time.monotonic() > deadline:
             return response
         time.sleep(0.1)
+
+
+@asynccontextmanager
+async def ready_channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
+    """An insecure gRPC channel to `target`, connected (within 10 s) before it is handed over."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        yield channel
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 from benchmarks.database import fetch_rows
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.conftest import IsolatedSchema, free_port
-from tests.e2e.conftest import ServiceProcess, isolated_service
+from tests.e2e.conftest import ServiceProcess, isolated_service, ready_channel
 
 if TYPE_CHECKING:
     from tests.conftest import TestServices
@@ -49,8 +49,7 @@ def grpc_service(test_services: TestServices) -> Iterator[tuple[ServiceProcess, 
 
 @pytest.fixture
 async def channel(grpc_service: tuple[ServiceProcess, IsolatedSchema]) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(grpc_service[0].grpc_target) as chan:
-        await asyncio.wait_for(chan.channel_ready(), 10)
+    async with ready_channel(grpc_service[0].grpc_target) as chan:
         yield chan
 
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.conftest import TestServices
-from tests.e2e.conftest import ServiceProcess, isolated_service
+from tests.e2e.conftest import ServiceProcess, isolated_service, ready_channel
 from tests.watching import SseReader, grpc_watch, read_changes, sse_watch, stream_ids, stream_tip
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +47,7 @@ async def rest(watched: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def stub(watched: ServiceProcess) -> AsyncIterator[orders_pb2_grpc.OrderServiceStub]:
-    async with grpc.aio.insecure_channel(watched.grpc_target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 10)
+    async with ready_channel(watched.grpc_target) as channel:
         yield orders_pb2_grpc.OrderServiceStub(channel)
 
 

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from service.grpc.pb import orders_pb2, orders_pb2_grpc
 from tests.auth_tokens import AUDIENCE, ISSUER, SigningKey, write_jwks
 from tests.conftest import TestServices
-from tests.e2e.conftest import ServiceProcess, isolated_service
+from tests.e2e.conftest import ServiceProcess, isolated_service, ready_channel
 from tests.watching import SseReader, read_changes, sse_watch, stream_tip
 
 pytestmark = pytest.mark.e2e
@@ -55,8 +55,7 @@ async def rest(jwt_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def stub(jwt_service: ServiceProcess) -> AsyncIterator[orders_pb2_grpc.OrderServiceStub]:
-    async with grpc.aio.insecure_channel(jwt_service.grpc_target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 10)
+    async with ready_channel(jwt_service.grpc_target) as channel:
         yield orders_pb2_grpc.OrderServiceStub(channel)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from service.grpc.pb import orders_pb2
 from service.grpc.server import MAX_RECEIVE_BYTES as MAX_MESSAGE_BYTES
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, ready_channel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
@@ -29,8 +29,7 @@ DELIBERATE = {StatusCode.OK, StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND, 
 
 @pytest.fixture
 async def channel(hostile_service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(hostile_service.grpc_target) as chan:
-        await asyncio.wait_for(chan.channel_ready(), 10)
+    async with ready_channel(hostile_service.grpc_target) as chan:
         yield chan
 
 
