@@ -153,3 +153,59 @@ async def test_the_relay_session_plans_as_the_worker_does(schema: IsolatedSchema
     async with PostgresOutbox(database, schema.dsn).relay_session() as session:
         assert await session._execute("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
         assert await session._execute("SHOW enable_seqscan", []) == [("on",)]
+
+
+async def _plan(dsn: str, sql: str, parameters: list[Any], *, setup: str = "", analyze: bool = False) -> list[str]:
+    """The plan of `sql` with these parameters (a custom plan: the unnamed statement) in a session
+    on `dsn`, after `setup`; with `analyze` the statement runs (and is rolled back)."""
+    conn = await psqlpy.connect(dsn=dsn)
+    try:
+        if setup:
+            await conn.execute_batch(setup)
+        explain = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN (COSTS OFF) "
+        await conn.execute_batch("BEGIN")
+        rows = (await conn.execute(explain + sql, parameters, prepared=False)).result(as_tuple=True)
+        await conn.execute_batch("ROLLBACK")
+    finally:
+        conn.close()
+    return [row[0] for row in rows]
+
+
+_BACKLOG = (
+    "INSERT INTO outbox (event_id, event_type, order_id, payload, occurred_at)"
+    " SELECT gen_random_uuid(), 'order.created', gen_random_uuid(), '{}', now() FROM generate_series(1, 30000)"
+)
+
+
+async def test_the_relay_reads_a_large_backlog_in_index_order(schema: IsolatedSchema) -> None:
+    """30,000 unpublished rows, never analyzed: the relay's session reads its batch through the
+    partial index in id order (stopping after the batch), where the worker's other sessions read
+    every unpublished row and sort them (the control)."""
+    relay_dsn = with_session_settings(schema.dsn, 0.0, custom_plans=True, index_order=True)
+    plan = await _plan(relay_dsn, outbox._OUTBOX_CLAIM, [500], setup=_BACKLOG)
+    assert any("Index Scan using outbox_unpublished_idx" in line for line in plan), "\n".join(plan)
+    assert not [line for line in plan if "Sort" in line or "Bitmap" in line], "\n".join(plan)
+    worker_dsn = with_session_settings(schema.dsn, 0.0, custom_plans=True)
+    control = await _plan(worker_dsn, outbox._OUTBOX_CLAIM, [500])
+    assert [line for line in control if "Bitmap Heap Scan on outbox" in line], "\n".join(control)
+
+
+@pytest.mark.parametrize("custom_plans", [True, False], ids=["worker", "request"])
+async def test_the_batched_update_joins_its_input_by_hash(schema: IsolatedSchema, custom_plans: bool) -> None:
+    """A batch of 110 changes among 30,000 orders (never analyzed) joins orders, its input and the
+    locked ids by hash. With the locked ids as `IN (SELECT id FROM locked)` PostgreSQL chose a
+    nested loop over the locked rows (worker sessions) or over the input, scanned again for each
+    order (request sessions): 12,000 comparisons, 7.6-10.7 ms against 3.9 ms for the statement."""
+    conn = await psqlpy.connect(dsn=schema.dsn)
+    try:
+        await conn.execute_batch(
+            "INSERT INTO orders (id, product, quantity, status, version, created_at, updated_at, owner)"
+            " SELECT gen_random_uuid(), 'p', 1, 'pending', 1, now(), now(), 'o' FROM generate_series(1, 30000)"
+        )
+        rows = (await conn.execute("SELECT id FROM orders ORDER BY id LIMIT 110")).result(as_tuple=True)
+    finally:
+        conn.close()
+    dsn = with_session_settings(schema.dsn, 0.0, custom_plans=custom_plans)
+    plan = await _plan(dsn, orders._UPDATE_MANY, _batch([uuid.UUID(str(row[0])) for row in rows]), analyze=True)
+    assert any(re.search(r"Update on orders .*rows=110 ", line) for line in plan), "\n".join(plan)
+    assert not [line for line in plan if "Nested Loop" in line], "\n".join(plan)

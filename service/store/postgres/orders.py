@@ -72,7 +72,10 @@ SELECT count(*) FROM changed
 # Conditional updates of different orders that arrive in the same loop turn: one statement. Each
 # order appears at most once per batch (see _update_many), so a row joins exactly one input row.
 # The rows are locked first, in id order: two batches that share orders (two processes, or two
-# batches in flight in one) then wait for each other instead of deadlocking.
+# batches in flight in one) then wait for each other instead of deadlocking. The locked ids are
+# read as one array (an InitPlan, run to the end before the update reads a row): as `IN (SELECT
+# id FROM locked)` PostgreSQL joined them by a nested loop, each updated row scanning the locked
+# rows (2 of the 4 ms of a 110-order batch), and locked only as far as each probe read.
 _UPDATE_MANY = """
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::timestamptz[], $7::bigint[])
@@ -83,7 +86,7 @@ WITH input AS (
     UPDATE orders o SET product = u.product, quantity = u.quantity, status = u.status, version = u.version,
                         updated_at = u.updated_at
     FROM input u
-    WHERE o.id = ANY($1::uuid[]) AND o.id = u.id AND o.version = u.expected_version AND o.id IN (SELECT id FROM locked)
+    WHERE o.id = u.id AND o.version = u.expected_version AND o.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING o.id
 ), new_events AS (
     INSERT INTO outbox (event_id, event_type, order_id, payload, request_id, traceparent, occurred_at, owner, actor)

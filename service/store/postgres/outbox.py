@@ -164,7 +164,7 @@ class PostgresOutbox:
         try:
             dsn, tls = tls_options(self._dsn)
             conn = await psqlpy.connect(
-                dsn=with_session_settings(dsn, 0.0, custom_plans=True),  # the worker's: see there
+                dsn=with_session_settings(dsn, 0.0, custom_plans=True, index_order=True),  # see there
                 **tls,
                 connect_timeout_sec=3,
                 application_name=self._application_name,
