@@ -24,7 +24,7 @@ import pytest
 from service.app import Resources
 from service.config import load_settings
 from service.store.database import Database, with_session_settings
-from service.store.postgres import keyed_creates, orders, outbox
+from service.store.postgres import keyed_creates, lists, orders, outbox
 from service.store.postgres.outbox import PostgresOutbox
 from tests.conftest import IsolatedSchema
 
@@ -40,6 +40,9 @@ def _statements() -> dict[str, str]:
         for name, value in vars(module).items():
             if name.startswith("_") and isinstance(value, str) and _SQL.search(value):
                 found[f"{module.__name__.rsplit('.', 1)[1]}.{name}"] = value.strip()
+    for table_name, table in (("LIST_ONE", lists.LIST_ONE), ("LIST_MANY", lists.LIST_MANY)):
+        for shape, sql in table.items():
+            found[f"lists.{table_name}{''.join('1' if part else '0' for part in shape)}"] = sql
     return found
 
 
@@ -72,6 +75,7 @@ async def _generic_plan(dsn: str, sql: str, rows: int) -> list[str]:
 
 def test_the_statements_are_found() -> None:
     assert {"orders._UPDATE_MANY", "orders._GET_MANY", "keyed_creates._EXISTING_CLAIMS"} <= set(REQUEST_PATH)
+    assert len([label for label in REQUEST_PATH if label.startswith("lists.")]) == 16
     assert {f"{label.split('.')[1]}" for label in STATEMENTS} >= WORKER_ONLY
 
 

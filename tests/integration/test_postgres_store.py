@@ -65,6 +65,37 @@ async def test_list_pages_by_status_newest_first(pg_service: OrderService) -> No
     assert [o.id for o in everything.orders] == [o.id for o in reversed(orders)]
 
 
+async def test_pages_asked_in_one_loop_turn_share_a_statement_per_shape(
+    store: PostgresOrderStore, pg_service: OrderService, database: Database
+) -> None:
+    """Pages of every shape (cursor, status, owner, each or not), some asked twice, gathered in one
+    loop turn: each caller gets exactly the page it gets alone, in one batch (one statement per
+    shape, identical pages read once)."""
+    orders = [(await pg_service.create(f"p{i}", 1)).order for i in range(12)]
+    owners = ["alice" if i % 3 else "bob" for i in range(12)]
+    await database.fetch(
+        "UPDATE orders o SET owner = t.owner FROM unnest($1::uuid[], $2::text[]) AS t(id, owner) WHERE o.id = t.id",
+        [[order.id for order in orders], owners],
+    )
+    for order in orders[::4]:
+        await pg_service.update(str(order.id), status="confirmed")
+    middle = orders[6].id
+    queries = [
+        (limit, before, status, owner)
+        for limit in (3, 20)
+        for before in (None, middle)
+        for status in (None, OrderStatus.CONFIRMED, OrderStatus.PENDING)
+        for owner in (None, "alice", "bob", "carol")
+    ]
+    alone = [await store.list_page(*query) for query in queries]
+    assert any(len(page) == 3 for page in alone) and any(page == [] for page in alone)
+    batches = store._lists.batches
+    together = await asyncio.gather(*(store.list_page(*query) for query in [*queries, *queries[:5]]))
+    assert store._lists.batches == batches + 1
+    assert together == [*alone, *alone[:5]]
+    assert together[0] is not together[len(queries)]  # each caller its own list
+
+
 async def test_conditional_update_never_loses_an_update(pg_service: OrderService) -> None:
     order = (await pg_service.create("counter", 1)).order
     # 20 concurrent writers each set a distinct quantity: every one commits exactly once

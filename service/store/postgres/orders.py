@@ -18,6 +18,7 @@ from service.ports import Decide, DecideRemoval, ExistingClaim
 from service.store.coalesce import Coalescer
 from service.store.database import Database
 from service.store.postgres.keyed_creates import KeyedCreate, create_keyed_many
+from service.store.postgres.lists import ListQuery, list_many
 
 _CREATE = """
 WITH new_order AS (
@@ -44,18 +45,6 @@ _GET_FOR_UPDATE = (
 _GET_MANY = (
     "SELECT id, product, quantity, status, version, created_at, updated_at, owner FROM orders WHERE id = ANY($1)"
 )
-
-_LIST_FIRST = (
-    "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
-)
-_LIST_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id < $2 ORDER BY id DESC LIMIT $1"
-_LIST_STATUS_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 ORDER BY id DESC LIMIT $1"
-_LIST_STATUS_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND id < $3 ORDER BY id DESC LIMIT $1"
-# One owner's orders (orders_owner_id_idx); the owner is always the last parameter.
-_LIST_OWNER_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE owner = $2 ORDER BY id DESC LIMIT $1"
-_LIST_OWNER_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE id < $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
-_LIST_OWNER_STATUS_FIRST = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
-_LIST_OWNER_STATUS_AFTER = "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders WHERE status = $2 AND id < $3 AND owner = $4 ORDER BY id DESC LIMIT $1"
 
 _UPDATE = """
 WITH changed AS (
@@ -191,6 +180,9 @@ class PostgresOrderStore:
         self._keyed_creates: Coalescer[KeyedCreate, Order | ExistingClaim] = Coalescer(
             self._create_keyed_many, coalesce_max_batch, coalesce_max_in_flight
         )
+        self._lists: Coalescer[ListQuery, list[Order]] = Coalescer(
+            self._list_many, coalesce_max_batch, coalesce_max_in_flight
+        )
 
     async def _create_keyed_many(self, batch: list[KeyedCreate]) -> list[Order | ExistingClaim]:
         return await create_keyed_many(self._db, batch)
@@ -227,32 +219,10 @@ class PostgresOrderStore:
     async def list_page(
         self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str | None
     ) -> list[Order]:
-        if owner is not None:
-            return await self._list_owner_page(limit, before_id, status, owner)
-        if status is None:
-            if before_id is None:
-                rows = await self._db.fetch(_LIST_FIRST, [limit])
-            else:
-                rows = await self._db.fetch(_LIST_AFTER, [limit, before_id])
-        elif before_id is None:
-            rows = await self._db.fetch(_LIST_STATUS_FIRST, [limit, status.value])
-        else:
-            rows = await self._db.fetch(_LIST_STATUS_AFTER, [limit, status.value, before_id])
-        return [_row_to_order(row) for row in rows]
+        return await self._lists.submit((limit, before_id, status, owner))
 
-    async def _list_owner_page(
-        self, limit: int, before_id: uuid.UUID | None, status: OrderStatus | None, owner: str
-    ) -> list[Order]:
-        if status is None:
-            if before_id is None:
-                rows = await self._db.fetch(_LIST_OWNER_FIRST, [limit, owner])
-            else:
-                rows = await self._db.fetch(_LIST_OWNER_AFTER, [limit, before_id, owner])
-        elif before_id is None:
-            rows = await self._db.fetch(_LIST_OWNER_STATUS_FIRST, [limit, status.value, owner])
-        else:
-            rows = await self._db.fetch(_LIST_OWNER_STATUS_AFTER, [limit, status.value, before_id, owner])
-        return [_row_to_order(row) for row in rows]
+    async def _list_many(self, queries: list[ListQuery]) -> list[list[Order]]:
+        return await list_many(self._db, queries, _row_to_order)
 
     async def replace_if_version(self, order: Order, expected_version: int, event: OrderEvent) -> Order | None:
         return order if await self._updates.submit((order, expected_version, event)) else None
