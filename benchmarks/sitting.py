@@ -14,7 +14,10 @@ its initial metadata sent in a batch of its own as the service must (`--initial-
 checked with one real call first, since h2load counts a gRPC error (it comes in the trailers) as
 a success; the load tool's gRPC transport drives both calls too. The peer is started by the
 caller (see ../shared/peers/README.md); its database should be fresh too. Prints markdown;
-`--json` writes every figure.
+`--json` writes every figure. `--rounds N` runs the REST half N times, alternating which of the
+peer, the every-role service and `ROLES=http` goes first, and reports each figure from the round
+with the median req/s, with every round's req/s listed under the table: on a shared box one
+round's ratios can be off by a third.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -227,6 +230,18 @@ def grpc_echo(args: argparse.Namespace, messages: dict[str, bytes]) -> dict[str,
     return results
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind of run and scenario, the figures of the round with the median req/s (the lower of
+    the two middle ones for an even count), with every round's req/s beside them."""
+    merged: dict[str, Any] = {}
+    for kind in rounds[0]:
+        merged[kind] = {}
+        for label in rounds[0][kind]:
+            runs = sorted((one[kind][label] for one in rounds), key=lambda figures: figures["rps"])
+            merged[kind][label] = {**runs[(len(runs) - 1) // 2], "rps_rounds": [run["rps"] for run in runs]}
+    return merged
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
@@ -250,6 +265,14 @@ def markdown(figures: dict[str, Any]) -> str:
                 f"{ratio(a.get('rps'), c.get('rps'))} | {ratio(a.get('rps'), b.get('rps'))} | "
                 f"{a.get('cpu_us_per_request', '-')} |"
             )
+        spread = [
+            f"{kind} {label}: {', '.join(str(rps) for rps in figures['rps_rounds'])}"
+            for kind, runs in (("every role", every), ("ROLES=http", http_only), ("peer", peer))
+            for label, figures in runs.items()
+            if len(figures.get("rps_rounds", ())) > 1
+        ]
+        if spread:
+            lines.append("\nreq/s of each round (the table: the median round's):\n- " + "\n- ".join(spread))
         keyed = every.get("POST /orders with Idempotency-Key", {}).get("rps")
         plain = every.get("POST /orders", {}).get("rps")
         lines.append(f"\nKeyed POST / unkeyed POST: {ratio(keyed, plain)}")
@@ -287,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("rest", "grpc"), help="run only one half")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="REST runs of each kind, alternating which goes first; medians reported"
+    )
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--json", dest="json_path", default="benchmarks/sitting-latest.json")
@@ -300,13 +326,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tool} is needed (apt-get install wrk nghttp2-client)")
     figures: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count()}
     if args.only in (None, "rest"):
-        rest: dict[str, Any] = {}
+        runs: dict[str, Callable[[], dict[str, Any]]] = {}
         if args.peer_url:
             httpx.get(args.peer_url + "/health", timeout=5).raise_for_status()
-            rest["peer"] = rest_peer(args)
-        rest["every_role"] = rest_service(args, "http,grpc,worker")
-        rest["http_only"] = rest_service(args, "http")
-        figures["rest"] = rest
+            runs["peer"] = lambda: rest_peer(args)
+        runs["every_role"] = lambda: rest_service(args, "http,grpc,worker")
+        runs["http_only"] = lambda: rest_service(args, "http")
+        rounds: list[dict[str, Any]] = []
+        for number in range(args.rounds):
+            kinds = list(runs) if number % 2 == 0 else list(reversed(runs))  # alternate who goes first
+            rounds.append({kind: runs[kind]() for kind in kinds})
+        figures["rest"] = median_round(rounds)
     if args.only in (None, "grpc"):
         messages: dict[str, bytes] = {}
         grpc_figures = {"workers_1": grpc_service(args, 1, messages)}
