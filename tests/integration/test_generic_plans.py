@@ -157,6 +157,7 @@ async def test_the_relay_session_plans_as_the_worker_does(schema: IsolatedSchema
     async with PostgresOutbox(database, schema.dsn).relay_session() as session:
         assert await session._execute("SHOW plan_cache_mode", []) == [("force_custom_plan",)]
         assert await session._execute("SHOW enable_seqscan", []) == [("on",)]
+        assert await session._execute("SHOW enable_bitmapscan", []) == [("off",)]  # index order
 
 
 async def _plan(dsn: str, sql: str, parameters: list[Any], *, setup: str = "", analyze: bool = False) -> list[str]:
