@@ -26,22 +26,37 @@ Shape = tuple[bool, bool, bool]
 # One page: $1 the limit, then the id it starts below, its status and its owner, those it has, in
 # that order. Each through an index in id order: the primary key, (status, id) or (owner, id).
 LIST_ONE: dict[Shape, str] = {
-    (False, False, False): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " ORDER BY id DESC LIMIT $1",
-    (True, False, False): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE id < $2 ORDER BY id DESC LIMIT $1",
-    (False, True, False): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE status = $2 ORDER BY id DESC LIMIT $1",
-    (True, True, False): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE id < $2 AND status = $3 ORDER BY id DESC LIMIT $1",
-    (False, False, True): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE owner = $2 ORDER BY id DESC LIMIT $1",
-    (True, False, True): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE id < $2 AND owner = $3 ORDER BY id DESC LIMIT $1",
-    (False, True, True): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE status = $2 AND owner = $3 ORDER BY id DESC LIMIT $1",
-    (True, True, True): "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
-    " WHERE id < $2 AND status = $3 AND owner = $4 ORDER BY id DESC LIMIT $1",
+    (False, False, False): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders ORDER BY id DESC LIMIT $1"
+    ),
+    (True, False, False): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE id < $2 ORDER BY id DESC LIMIT $1"
+    ),
+    (False, True, False): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE status = $2 ORDER BY id DESC LIMIT $1"
+    ),
+    (True, True, False): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE id < $2 AND status = $3 ORDER BY id DESC LIMIT $1"
+    ),
+    (False, False, True): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE owner = $2 ORDER BY id DESC LIMIT $1"
+    ),
+    (True, False, True): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE id < $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
+    ),
+    (False, True, True): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE status = $2 AND owner = $3 ORDER BY id DESC LIMIT $1"
+    ),
+    (True, True, True): (
+        "SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
+        " WHERE id < $2 AND status = $3 AND owner = $4 ORDER BY id DESC LIMIT $1"
+    ),
 }
 
 # Many pages of one shape: the same parameters, each an array with an item per page; the page's
@@ -50,35 +65,37 @@ _PAGES = "SELECT q.page, o.* FROM unnest("
 _PAGE = ") AS o ORDER BY q.page, o.id DESC"
 _READ = "CROSS JOIN LATERAL (SELECT id, product, quantity, status, version, created_at, updated_at FROM orders"
 LIST_MANY: dict[Shape, str] = {
-    (False, False, False): f"{_PAGES}$1::integer[]) WITH ORDINALITY AS q(lim, page)"
-    f" {_READ} ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (True, False, False): f"{_PAGES}$1::integer[], $2::uuid[]) WITH ORDINALITY AS q(lim, before, page)"
-    f" {_READ} WHERE id < q.before ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (False, True, False): f"{_PAGES}$1::integer[], $2::text[]) WITH ORDINALITY AS q(lim, status, page)"
-    f" {_READ} WHERE status = q.status ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (
-        True,
-        True,
-        False,
-    ): f"{_PAGES}$1::integer[], $2::uuid[], $3::text[]) WITH ORDINALITY AS q(lim, before, status, page)"
-    f" {_READ} WHERE id < q.before AND status = q.status ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (False, False, True): f"{_PAGES}$1::integer[], $2::text[]) WITH ORDINALITY AS q(lim, owner, page)"
-    f" {_READ} WHERE owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (
-        True,
-        False,
-        True,
-    ): f"{_PAGES}$1::integer[], $2::uuid[], $3::text[]) WITH ORDINALITY AS q(lim, before, owner, page)"
-    f" {_READ} WHERE id < q.before AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (
-        False,
-        True,
-        True,
-    ): f"{_PAGES}$1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS q(lim, status, owner, page)"
-    f" {_READ} WHERE status = q.status AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}",
-    (True, True, True): f"{_PAGES}$1::integer[], $2::uuid[], $3::text[], $4::text[])"
-    " WITH ORDINALITY AS q(lim, before, status, owner, page)"
-    f" {_READ} WHERE id < q.before AND status = q.status AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}",
+    (False, False, False): (
+        f"{_PAGES}$1::integer[]) WITH ORDINALITY AS q(lim, page) {_READ} ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (True, False, False): (
+        f"{_PAGES}$1::integer[], $2::uuid[]) WITH ORDINALITY AS q(lim, before, page)"
+        f" {_READ} WHERE id < q.before ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (False, True, False): (
+        f"{_PAGES}$1::integer[], $2::text[]) WITH ORDINALITY AS q(lim, status, page)"
+        f" {_READ} WHERE status = q.status ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (True, True, False): (
+        f"{_PAGES}$1::integer[], $2::uuid[], $3::text[]) WITH ORDINALITY AS q(lim, before, status, page)"
+        f" {_READ} WHERE id < q.before AND status = q.status ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (False, False, True): (
+        f"{_PAGES}$1::integer[], $2::text[]) WITH ORDINALITY AS q(lim, owner, page)"
+        f" {_READ} WHERE owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (True, False, True): (
+        f"{_PAGES}$1::integer[], $2::uuid[], $3::text[]) WITH ORDINALITY AS q(lim, before, owner, page)"
+        f" {_READ} WHERE id < q.before AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (False, True, True): (
+        f"{_PAGES}$1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS q(lim, status, owner, page)"
+        f" {_READ} WHERE status = q.status AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
+    (True, True, True): (
+        f"{_PAGES}$1::integer[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS q(lim, before, status, owner, page)"
+        f" {_READ} WHERE id < q.before AND status = q.status AND owner = q.owner ORDER BY id DESC LIMIT q.lim{_PAGE}"
+    ),
 }
 
 
