@@ -66,7 +66,7 @@ def with_session_settings(
       stops after the batch. A custom plan made with the outbox never analyzed took a bitmap scan
       of every unpublished row and a sort instead: 34-69 ms for a 500-row batch at a 26,000-34,000
       row backlog against 0.9 ms in index order, and 5.8 ms per read on average over a POST
-      benchmark run (pg_stat_statements), a third of PostgreSQL's time for the whole pipeline.
+      benchmark run (pg_stat_statements): a third of the time of the pipeline's statements.
     """
     settings = ["-c plan_cache_mode=force_custom_plan"] if custom_plans else ["-c enable_seqscan=off"]
     if index_order:

@@ -141,6 +141,15 @@ async def grpc_refusal(call: Any) -> tuple[grpc.StatusCode, str]:
 # ---- what each watcher sees ---------------------------------------------------------------------
 
 
+def assert_each_sees_its_own(
+    alice_saw: list[tuple[str, str]], admin_saw: list[tuple[str, str]], alices: str, bobs: str, marker: str
+) -> None:
+    """Alice's watch showed her order and nothing of bob's; the admin's showed both owners' changes."""
+    assert {order_id for _, order_id in alice_saw} <= {alices, marker}, "only alice's own orders"
+    assert ("order.created", alices) in alice_saw
+    assert {("order.created", bobs), ("order.updated", bobs), ("order.created", alices)} <= set(admin_saw)
+
+
 async def test_sse_a_reader_sees_only_its_own_orders_an_admin_every_owners(
     jwt_service: ServiceProcess, rest: httpx.AsyncClient
 ) -> None:
@@ -156,9 +165,7 @@ async def test_sse_a_reader_sees_only_its_own_orders_an_admin_every_owners(
         bobs, alices, marker = await changes_of_two_owners(jwt_service, rest, alice, bob)
         alice_saw = await sse_until(alice_events, marker)
         admin_saw = await sse_until(admin_events, marker)
-    assert {order_id for _, order_id in alice_saw} <= {alices, marker}, "only alice's own orders"
-    assert ("order.created", alices) in alice_saw
-    assert {("order.created", bobs), ("order.updated", bobs), ("order.created", alices)} <= set(admin_saw)
+    assert_each_sees_its_own(alice_saw, admin_saw, alices, bobs, marker)
 
 
 async def test_grpc_a_reader_sees_only_its_own_orders_an_admin_every_owners(
@@ -174,9 +181,7 @@ async def test_grpc_a_reader_sees_only_its_own_orders_an_admin_every_owners(
     finally:
         mine.cancel()
         everything.cancel()
-    assert {order_id for _, order_id in alice_saw} <= {alices, marker}, "only alice's own orders"
-    assert ("order.created", alices) in alice_saw
-    assert {("order.created", bobs), ("order.updated", bobs), ("order.created", alices)} <= set(admin_saw)
+    assert_each_sees_its_own(alice_saw, admin_saw, alices, bobs, marker)
 
 
 async def test_resuming_on_another_owners_order_shows_none_of_its_changes(
